@@ -1,0 +1,120 @@
+//! The test's configuration: which resources to advertise and which call misbehaves how.
+
+use serde::Deserialize;
+
+use crate::faults::Fault;
+use crate::wdp::device_plugin::types::Error;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub resources: Vec<Resource>,
+    pub faults: Faults,
+}
+
+impl Default for Config {
+    /// Without a configuration file: one `example.com/widget` resource of class `widget`.
+    fn default() -> Self {
+        Config {
+            resources: vec![Resource {
+                name: "example.com/widget".into(),
+                class: "widget".into(),
+                pre_start_required: false,
+                preferred_allocation: false,
+            }],
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// One advertised resource; its devices live under `/sys/class/<class>/`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resource {
+    /// Passed through unchecked (the host must refuse invalid names).
+    pub name: String,
+    pub class: String,
+    #[serde(default)]
+    pub pre_start_required: bool,
+    #[serde(default)]
+    pub preferred_allocation: bool,
+}
+
+/// Per export, the fault to inject (none by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Faults {
+    pub configure: Option<Fault>,
+    pub resources: Option<Fault>,
+    pub list_devices: Option<Fault>,
+    pub allocate: Option<Fault>,
+    pub preferred_allocation: Option<Fault>,
+    pub pre_start: Option<Fault>,
+}
+
+impl Config {
+    /// Parses the configuration text; empty text (no file) means the default resource.
+    pub fn parse(text: &str) -> Result<Config, Error> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_json::from_str(text)
+            .map_err(|e| Error::InvalidConfig(format!("conformance configuration: {e}")))?;
+        config.check_faults()?;
+        Ok(config)
+    }
+
+    /// Answer-breaking faults only make sense for the export whose answer they break.
+    fn check_faults(&self) -> Result<(), Error> {
+        let f = &self.faults;
+        let checks = [
+            ("configure", f.configure, false, false),
+            ("resources", f.resources, false, false),
+            ("listDevices", f.list_devices, false, false),
+            ("allocate", f.allocate, true, false),
+            ("preferredAllocation", f.preferred_allocation, false, true),
+            ("preStart", f.pre_start, false, false),
+        ];
+        for (export, fault, allocate_ok, prefer_ok) in checks {
+            let Some(fault) = fault else { continue };
+            if (fault.breaks_allocate() && !allocate_ok)
+                || (fault.breaks_preference() && !prefer_ok)
+            {
+                return Err(Error::InvalidConfig(format!(
+                    "conformance configuration: fault {fault:?} cannot be injected into `{export}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_example() {
+        let c = Config::parse(
+            r#"{"resources":[{"name":"example.com/widget","class":"widget",
+                "preStartRequired":true,"preferredAllocation":true}],
+                "faults":{"configure":null,"allocate":"wrong-count","preferredAllocation":"outside",
+                "listDevices":"loop"}}"#,
+        )
+        .unwrap();
+        assert!(c.resources[0].pre_start_required && c.resources[0].preferred_allocation);
+        assert_eq!(c.faults.allocate, Some(Fault::WrongCount));
+        assert_eq!(c.faults.preferred_allocation, Some(Fault::Outside));
+        assert_eq!(c.faults.list_devices, Some(Fault::Loop));
+        assert_eq!(c.faults.configure, None);
+    }
+
+    #[test]
+    fn refuses_misplaced_and_unknown() {
+        assert!(Config::parse(r#"{"faults":{"listDevices":"wrong-count"}}"#).is_err());
+        assert!(Config::parse(r#"{"faults":{"allocate":"outside"}}"#).is_err());
+        assert!(Config::parse(r#"{"faults":{"allocate":"explode"}}"#).is_err());
+        assert!(Config::parse(r#"{"resource":[]}"#).is_err());
+        assert_eq!(Config::parse("  \n").unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,122 @@
+//! Conformance guest: a configurable stand-in vendor that plays whatever behaviour the
+//! host's tests ask for, including faults (errors, traps, endless loops, memory growth,
+//! and answers that break the contract).
+//!
+//! Devices are the entries of `/sys/class/<class>/` in the (simulated) node tree, so
+//! tests drive enumeration and health by writing files.
+
+mod allocate;
+mod config;
+mod devices;
+mod faults;
+mod prefer;
+
+wit_bindgen::generate!({ path: "../../wit", world: "device-plugin" });
+
+use std::cell::RefCell;
+
+use exports::wdp::device_plugin::plugin::Guest;
+use wdp::device_plugin::log;
+use wdp::device_plugin::types::{
+    ContainerAllocation, Device, Error, LogLevel, PreferredRequest, ResourceOptions, ResourceSpec,
+};
+
+use config::{Config, Resource};
+use faults::inject;
+
+thread_local! {
+    /// The configuration `configure` accepted. A component instance is single-threaded
+    /// and `configure` runs once per instance before any other export.
+    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
+}
+
+/// Copy of the current configuration (small; keeps the borrow out of host calls).
+fn config() -> Config {
+    CONFIG.with(|c| c.borrow().clone())
+}
+
+/// The configured resource of that name.
+fn resource(config: &Config, name: &str) -> Result<Resource, Error> {
+    config
+        .resources
+        .iter()
+        .find(|r| r.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown resource `{name}`: not in this guest's configuration"
+            ))
+        })
+}
+
+struct Conformance;
+
+impl Guest for Conformance {
+    fn configure(text: String) -> Result<(), Error> {
+        let parsed = Config::parse(&text)?;
+        let fault = parsed.faults.configure;
+        CONFIG.with(|c| *c.borrow_mut() = parsed);
+        inject(fault)
+    }
+
+    fn resources() -> Result<Vec<ResourceSpec>, Error> {
+        let config = config();
+        inject(config.faults.resources)?;
+        // Names pass through unchecked: refusing invalid ones is the host's job.
+        Ok(config
+            .resources
+            .iter()
+            .map(|r| ResourceSpec {
+                name: r.name.clone(),
+                options: ResourceOptions {
+                    pre_start_required: r.pre_start_required,
+                    preferred_allocation_available: r.preferred_allocation,
+                },
+            })
+            .collect())
+    }
+
+    fn list_devices(name: String) -> Result<Vec<Device>, Error> {
+        let config = config();
+        inject(config.faults.list_devices)?;
+        devices::list(&resource(&config, &name)?.class)
+    }
+
+    fn allocate(
+        name: String,
+        containers: Vec<Vec<String>>,
+    ) -> Result<Vec<ContainerAllocation>, Error> {
+        let config = config();
+        inject(config.faults.allocate)?;
+        let resource = resource(&config, &name)?;
+        let mut answer = allocate::allocate(&resource.class, &containers);
+        if let Some(fault) = config.faults.allocate {
+            allocate::break_answer(&mut answer, fault);
+        }
+        Ok(answer)
+    }
+
+    fn preferred_allocation(name: String, request: PreferredRequest) -> Result<Vec<String>, Error> {
+        let config = config();
+        inject(config.faults.preferred_allocation)?;
+        let resource = resource(&config, &name)?;
+        let mut answer = prefer::preferred(&request, |id| devices::numa_node(&resource.class, id));
+        if let Some(fault) = config.faults.preferred_allocation {
+            prefer::break_answer(&mut answer, &request, fault);
+        }
+        Ok(answer)
+    }
+
+    fn pre_start(name: String, device_ids: Vec<String>) -> Result<(), Error> {
+        let config = config();
+        inject(config.faults.pre_start)?;
+        resource(&config, &name)?;
+        log::log(
+            LogLevel::Info,
+            &format!("pre-start for {name}: {}", device_ids.join(",")),
+        );
+        Ok(())
+    }
+}
+
+export!(Conformance);

@@ -1,0 +1,47 @@
+//! The host's configuration: where the node, the guests and the kubelet are.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::hostfns::Grant;
+use crate::kubelet::KubeletConfig;
+use crate::runtime::GuestLimits;
+
+/// Where operators mount guests (a ConfigMap volume) by default.
+pub const DEFAULT_GUESTS_DIR: &str = "/etc/wasm-device-plugin/guests";
+/// How often devices are re-enumerated by default.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything the host needs to serve a node.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Root under which every node path is resolved: `/` on a node, a fixture tree in
+    /// tests and the demo.
+    pub host_root: PathBuf,
+    /// Directory of `<name>.wasm` guests, each with an optional config file beside it.
+    pub guests_dir: PathBuf,
+    pub kubelet: KubeletConfig,
+    /// How often every resource's devices are re-enumerated; only changes reach the kubelet.
+    pub rescan_interval: Duration,
+    pub limits: GuestLimits,
+    /// What guests may read.
+    pub grant: Grant,
+}
+
+impl HostConfig {
+    /// A configuration with the defaults for everything but the three locations.
+    pub fn new(
+        host_root: impl Into<PathBuf>,
+        guests_dir: impl Into<PathBuf>,
+        device_plugin_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            host_root: host_root.into(),
+            guests_dir: guests_dir.into(),
+            kubelet: KubeletConfig::new(device_plugin_dir),
+            rescan_interval: DEFAULT_RESCAN_INTERVAL,
+            limits: GuestLimits::default(),
+            grant: Grant::default(),
+        }
+    }
+}

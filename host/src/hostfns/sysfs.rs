@@ -1,0 +1,101 @@
+//! `sysfs` interface: read files, list directories and read links under /sys and /proc.
+
+use std::io::Read;
+
+use super::NodeAccess;
+use crate::wit::latest::sysfs::Host;
+use crate::wit::latest::types::Error as WitError;
+
+/// Largest file a guest may read in one call. sysfs attributes are at most a page;
+/// procfs tables such as `/proc/devices` are a few KiB.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// Most entries one `list-dir` returns (a large node has a few hundred PCI functions).
+pub const MAX_DIR_ENTRIES: usize = 16 * 1024;
+
+impl Host for NodeAccess {
+    fn read_file(&mut self, path: String) -> Result<String, WitError> {
+        let resolved = self.resolver().resolve(&path)?;
+        let file = std::fs::File::open(&resolved.host)
+            .map_err(|e| WitError::Io(format!("cannot open {path}: {e}")))?;
+        let mut bytes = Vec::new();
+        // sysfs reports a size of 4096 for every attribute, so the limit is applied to
+        // what is actually read rather than to the metadata.
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| WitError::Io(format!("cannot read {path}: {e}")))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(WitError::Io(format!(
+                "{path} is larger than {MAX_FILE_BYTES} bytes; read a smaller attribute"
+            )));
+        }
+        String::from_utf8(bytes).map_err(|_| WitError::Io(format!("{path} is not UTF-8 text")))
+    }
+
+    fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
+        let resolved = self.resolver().resolve(&path)?;
+        let entries = std::fs::read_dir(&resolved.host)
+            .map_err(|e| WitError::Io(format!("cannot list {path}: {e}")))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| WitError::Io(format!("cannot list {path}: {e}")))?;
+            if names.len() == MAX_DIR_ENTRIES {
+                return Err(WitError::Io(format!(
+                    "{path} has more than {MAX_DIR_ENTRIES} entries"
+                )));
+            }
+            // Names that are not UTF-8 cannot be named back through the WIT API; skip them.
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_link(&mut self, path: String) -> Result<String, WitError> {
+        let resolved = self.resolver().resolve_nofollow(&path)?;
+        let target = std::fs::read_link(&resolved.host)
+            .map_err(|e| WitError::InvalidArgument(format!("{path} is not a symbolic link: {e}")))?;
+        target
+            .into_os_string()
+            .into_string()
+            .map_err(|_| WitError::Io(format!("the target of {path} is not UTF-8")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostfns::Grant;
+
+    fn access() -> (tempfile::TempDir, NodeAccess) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/class/x")).unwrap();
+        std::fs::write(dir.path().join("sys/class/x/b"), "two\n").unwrap();
+        std::fs::write(dir.path().join("sys/class/x/a"), "one\n").unwrap();
+        std::fs::write(dir.path().join("sys/big"), vec![b'a'; 70_000]).unwrap();
+        std::fs::write(dir.path().join("sys/binary"), [0xff, 0xfe]).unwrap();
+        std::os::unix::fs::symlink("../class/x", dir.path().join("sys/class/link")).unwrap();
+        let access = NodeAccess::new("t", dir.path(), &Grant::default());
+        (dir, access)
+    }
+
+    #[test]
+    fn reads_lists_and_links() {
+        let (_d, mut a) = access();
+        assert_eq!(a.read_file("/sys/class/x/a".into()).unwrap(), "one\n");
+        assert_eq!(a.list_dir("/sys/class/x".into()).unwrap(), vec!["a", "b"]);
+        assert_eq!(a.read_link("/sys/class/link".into()).unwrap(), "../class/x");
+        assert_eq!(a.read_file("/sys/class/link/b".into()).unwrap(), "two\n");
+    }
+
+    #[test]
+    fn oversized_binary_missing_and_ungranted_files_are_errors_not_traps() {
+        let (_d, mut a) = access();
+        assert!(matches!(a.read_file("/sys/big".into()), Err(WitError::Io(_))));
+        assert!(matches!(a.read_file("/sys/binary".into()), Err(WitError::Io(_))));
+        assert!(matches!(a.read_file("/sys/none".into()), Err(WitError::NotFound(_))));
+        assert!(matches!(a.read_file("/etc/passwd".into()), Err(WitError::Denied(_))));
+        assert!(matches!(a.read_link("/sys/class/x/a".into()), Err(WitError::InvalidArgument(_))));
+    }
+}

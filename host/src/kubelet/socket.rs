@@ -1,0 +1,163 @@
+//! Plug-in sockets: unique names, serving, and clean removal.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kubelet_api::v1beta1::device_plugin_server::DevicePluginServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use super::service::DevicePluginService;
+use crate::shutdown;
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// How long a stopping server may take to close its connections before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// A socket file name never used before by this host, nor by an earlier run of it (a
+/// restarted container has the same PID, so the start time is part of the name). A
+/// fresh name per registration keeps kubelets from confusing a new registration with the
+/// old one's ending stream (kubernetes#121994, #139338).
+pub fn unique_name(resource: &str, dir: &Path) -> String {
+    let started = START.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    });
+    let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+    let suffix = format!("-{}-{n}.sock", radix36(*started));
+    let mut stem: String = resource
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    let room = MAX_SOCKET_PATH.saturating_sub(dir.as_os_str().len() + 1 + suffix.len());
+    stem.truncate(room.max(1));
+    format!("{stem}{suffix}")
+}
+
+static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+fn radix36(mut n: u64) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The identity of a file (device and inode): a recreated `kubelet.sock` has a new one.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A `DevicePlugin` server listening on one socket.
+pub struct Serving {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Serving {
+    /// Binds `dir/name` and starts serving at once, so the kubelet can dial back while
+    /// `Register` is still in flight (C4).
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        service: DevicePluginService,
+        stop: watch::Sender<bool>,
+    ) -> io::Result<Serving> {
+        let path = dir.join(name);
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("socket path {} is longer than 107 bytes", path.display()),
+            ));
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(&path)?;
+        let identity = identity(&path);
+        let mut stopped = stop.subscribe();
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(DevicePluginServer::new(service))
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    shutdown::requested(&mut stopped).await
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "device plugin server failed");
+            }
+        });
+        Ok(Serving {
+            path,
+            identity,
+            stop,
+            task,
+        })
+    }
+
+    /// The socket's file name, as sent in `RegisterRequest.endpoint`.
+    pub fn endpoint(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// True while our socket file is still the one we bound (a restarting kubelet
+    /// deletes every socket in the directory).
+    pub fn socket_intact(&self) -> bool {
+        self.identity.is_some() && identity(&self.path) == self.identity
+    }
+
+    /// Ends every stream, stops the server and removes the socket if it is still ours.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+            task.abort();
+        }
+        if self.identity.is_some() && identity(&self.path) == self.identity {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove socket");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_short_and_safe() {
+        let dir = Path::new("/var/lib/kubelet/device-plugins");
+        let a = unique_name("nvidia.com/gpu", dir);
+        let b = unique_name("nvidia.com/gpu", dir);
+        assert_ne!(a, b);
+        assert!(a.starts_with("nvidia.com_gpu-") && a.ends_with(".sock"), "{a}");
+        let long = unique_name(&format!("{}.com/x", "a".repeat(250)), dir);
+        assert!(dir.join(&long).as_os_str().len() <= MAX_SOCKET_PATH);
+        assert!(!long.contains('/'));
+    }
+}

@@ -1,0 +1,59 @@
+//! The seam between a resource and the vendor logic behind it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::device::{ContainerAllocation, Device, PreferredRequest};
+use crate::runtime::{Guest, GuestError};
+
+/// A boxed future, so that [`Backend`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Vendor logic for the resources of one guest. Implemented by [`Guest`]; tests of the
+/// resource layer implement it natively.
+pub trait Backend: Send + Sync + 'static {
+    /// Name used in logs and errors.
+    fn name(&self) -> &str;
+    fn list_devices<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Vec<Device>, GuestError>>;
+    fn allocate<'a>(
+        &'a self,
+        resource: &'a str,
+        containers: Vec<Vec<String>>,
+    ) -> BoxFuture<'a, Result<Vec<ContainerAllocation>, GuestError>>;
+    fn preferred_allocation<'a>(
+        &'a self,
+        resource: &'a str,
+        request: &'a PreferredRequest,
+    ) -> BoxFuture<'a, Result<Vec<String>, GuestError>>;
+    fn pre_start<'a>(&'a self, resource: &'a str, ids: Vec<String>) -> BoxFuture<'a, Result<(), GuestError>>;
+}
+
+impl Backend for Guest {
+    fn name(&self) -> &str {
+        Guest::name(self)
+    }
+
+    fn list_devices<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Vec<Device>, GuestError>> {
+        Box::pin(Guest::list_devices(self, resource))
+    }
+
+    fn allocate<'a>(
+        &'a self,
+        resource: &'a str,
+        containers: Vec<Vec<String>>,
+    ) -> BoxFuture<'a, Result<Vec<ContainerAllocation>, GuestError>> {
+        Box::pin(Guest::allocate(self, resource, containers))
+    }
+
+    fn preferred_allocation<'a>(
+        &'a self,
+        resource: &'a str,
+        request: &'a PreferredRequest,
+    ) -> BoxFuture<'a, Result<Vec<String>, GuestError>> {
+        Box::pin(Guest::preferred_allocation(self, resource, request))
+    }
+
+    fn pre_start<'a>(&'a self, resource: &'a str, ids: Vec<String>) -> BoxFuture<'a, Result<(), GuestError>> {
+        Box::pin(Guest::pre_start(self, resource, ids))
+    }
+}

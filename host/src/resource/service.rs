@@ -1,0 +1,402 @@
+//! One advertised resource: its device snapshot, and the checks around every call.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::answer;
+use super::backend::Backend;
+use super::snapshot::Snapshot;
+use crate::device::{ContainerAllocation, Health, PreferredRequest, ResourceSpec};
+use crate::runtime::GuestError;
+use crate::wit::latest::types::Error as WitError;
+
+/// Consecutive failed enumerations after which the resource's devices are reported
+/// unhealthy (kept listed, so node capacity holds while allocatable drops to zero).
+pub const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
+/// Most devices one resource may list (10,000 shared slots fit well under 4 MiB).
+pub const MAX_DEVICES: usize = 16_384;
+
+/// A refused call, classified the way the kubelet layer reports it (gRPC code).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<GuestError> for ServiceError {
+    fn from(e: GuestError) -> Self {
+        let message = e.to_string();
+        match e {
+            GuestError::Reported {
+                error: WitError::InvalidArgument(_) | WitError::NotFound(_),
+                ..
+            } => ServiceError::InvalidArgument(message),
+            GuestError::Deadline { .. } => ServiceError::DeadlineExceeded(message),
+            GuestError::Unavailable { .. } => ServiceError::Unavailable(message),
+            GuestError::Reported { .. } | GuestError::Trap { .. } | GuestError::Malformed { .. } => {
+                ServiceError::Internal(message)
+            }
+        }
+    }
+}
+
+/// One extended resource, served from one backend.
+pub struct ResourceService {
+    spec: ResourceSpec,
+    backend: Arc<dyn Backend>,
+    host_root: PathBuf,
+    snapshot: watch::Sender<Snapshot>,
+    failures: AtomicU32,
+}
+
+impl ResourceService {
+    /// A service with an empty snapshot; call [`refresh`](Self::refresh) to fill it.
+    pub fn new(spec: ResourceSpec, backend: Arc<dyn Backend>, host_root: impl Into<PathBuf>) -> Self {
+        Self {
+            spec,
+            backend,
+            host_root: host_root.into(),
+            snapshot: watch::Sender::new(Snapshot::default()),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn spec(&self) -> &ResourceSpec {
+        &self.spec
+    }
+
+    /// Receives every published snapshot; the current one is marked as seen by nobody yet.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
+    }
+
+    pub fn current(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Asks the backend for the device list and publishes it if the kubelet would see a
+    /// difference. A failing backend keeps the last list; after
+    /// [`FAILURES_BEFORE_UNHEALTHY`] failures in a row the devices turn unhealthy.
+    /// Returns whether a new snapshot was published.
+    pub async fn refresh(&self) -> bool {
+        let listed = self
+            .backend
+            .list_devices(&self.spec.name)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|devices| Snapshot::new(devices, MAX_DEVICES).map_err(|e| e.to_string()));
+        match listed {
+            Ok(fresh) => {
+                if self.failures.swap(0, Ordering::Relaxed) >= FAILURES_BEFORE_UNHEALTHY {
+                    tracing::info!(resource = %self.spec.name, "device enumeration recovered");
+                }
+                self.snapshot.send_if_modified(|current| {
+                    if fresh.differs_from(current) {
+                        *current = fresh;
+                        true
+                    } else {
+                        false
+                    }
+                })
+            }
+            Err(error) => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    resource = %self.spec.name,
+                    guest = self.backend.name(),
+                    failures,
+                    %error,
+                    "device enumeration failed; keeping the last device list"
+                );
+                if failures == FAILURES_BEFORE_UNHEALTHY {
+                    tracing::error!(
+                        resource = %self.spec.name,
+                        guest = self.backend.name(),
+                        "enumeration failed {failures} times in a row: reporting every device Unhealthy \
+                         until it recovers; check the guest's log lines and configuration"
+                    );
+                    self.snapshot.send_if_modified(|current| {
+                        let unhealthy = current.all_unhealthy();
+                        let changed = unhealthy.differs_from(current);
+                        *current = unhealthy;
+                        changed
+                    })
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Allocates for `containers` (device IDs per container), one answer per container
+    /// in order. IDs must be known and healthy; the guest's answer is checked.
+    pub async fn allocate(
+        &self,
+        containers: Vec<Vec<String>>,
+    ) -> Result<Vec<ContainerAllocation>, ServiceError> {
+        self.check_ids(containers.iter().flatten(), true)?;
+        for ids in &containers {
+            let mut seen = HashSet::new();
+            if let Some(dup) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "device ID {dup:?} is requested twice for one container of {}",
+                    self.spec.name
+                )));
+            }
+        }
+        let expected = containers.len();
+        let answer = self.backend.allocate(&self.spec.name, containers).await?;
+        if answer.len() != expected {
+            return Err(ServiceError::Internal(format!(
+                "guest {} answered {} allocations for {expected} containers of {}",
+                self.backend.name(),
+                answer.len(),
+                self.spec.name
+            )));
+        }
+        for allocation in &answer {
+            answer::check(allocation, &self.host_root).map_err(|e| {
+                ServiceError::Internal(format!(
+                    "guest {} gave an allocation for {} that was refused: {e}",
+                    self.backend.name(),
+                    self.spec.name
+                ))
+            })?;
+        }
+        Ok(answer)
+    }
+
+    /// Preferred devices per request. Never fails: where the guest fails or answers
+    /// something the kubelet could not use, the answer for that container is empty and
+    /// the kubelet chooses by itself.
+    pub async fn preferred_allocation(&self, requests: Vec<PreferredRequest>) -> Vec<Vec<String>> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            if !self.spec.options.preferred_allocation_available {
+                answers.push(Vec::new());
+                continue;
+            }
+            let answer = match self.backend.preferred_allocation(&self.spec.name, &request).await {
+                Ok(ids) => match check_preferred(&request, &ids) {
+                    Ok(()) => ids,
+                    Err(reason) => {
+                        tracing::warn!(resource = %self.spec.name, guest = self.backend.name(), reason, "ignoring the guest's preferred allocation");
+                        Vec::new()
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(resource = %self.spec.name, %error, "preferred allocation failed; the kubelet will choose");
+                    Vec::new()
+                }
+            };
+            answers.push(answer);
+        }
+        answers
+    }
+
+    /// Hands the container's devices to the guest before the container starts.
+    pub async fn pre_start(&self, ids: Vec<String>) -> Result<(), ServiceError> {
+        if !self.spec.options.pre_start_required {
+            return Ok(());
+        }
+        // Pre-start happens on every container (re)start, long after admission, so a
+        // device that has since turned unhealthy is still the container's device.
+        self.check_ids(ids.iter(), false)?;
+        Ok(self.backend.pre_start(&self.spec.name, ids).await?)
+    }
+
+    fn check_ids<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a String>,
+        must_be_healthy: bool,
+    ) -> Result<(), ServiceError> {
+        let snapshot = self.snapshot.borrow();
+        let mut unknown = Vec::new();
+        let mut unhealthy = Vec::new();
+        for id in ids {
+            match snapshot.get(id) {
+                None => unknown.push(id.as_str()),
+                Some(d) if must_be_healthy && d.health != Health::Healthy => unhealthy.push(id.as_str()),
+                Some(_) => {}
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(ServiceError::InvalidArgument(format!(
+                "unknown device IDs for {}: {}",
+                self.spec.name,
+                unknown.join(", ")
+            )));
+        }
+        if !unhealthy.is_empty() {
+            return Err(ServiceError::InvalidArgument(format!(
+                "unhealthy device IDs for {}: {}",
+                self.spec.name,
+                unhealthy.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A preferred answer the kubelet can use: distinct IDs from `available`, every
+/// `must_include`, at most `size`.
+fn check_preferred(request: &PreferredRequest, ids: &[String]) -> Result<(), String> {
+    let available: HashSet<&str> = request.available.iter().map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    for id in ids {
+        if !available.contains(id.as_str()) {
+            return Err(format!("{id:?} is not among the available devices"));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(format!("{id:?} appears twice"));
+        }
+    }
+    if let Some(missing) = request.must_include.iter().find(|id| !seen.contains(id.as_str())) {
+        return Err(format!("must-include device {missing:?} is missing"));
+    }
+    if ids.len() > request.size {
+        return Err(format!("{} devices for a request of {}", ids.len(), request.size));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, DeviceSpec, ResourceOptions};
+    use crate::resource::backend::BoxFuture;
+    use std::sync::Mutex;
+
+    /// A native backend whose answers the test controls.
+    struct Fake {
+        devices: Mutex<Result<Vec<Device>, String>>,
+        allocation: Mutex<Option<Vec<ContainerAllocation>>>,
+        preferred: Mutex<Vec<String>>,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Self {
+                devices: Mutex::new(Ok(Vec::new())),
+                allocation: Mutex::new(None),
+                preferred: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    fn fail(message: &str) -> GuestError {
+        GuestError::Reported {
+            guest: "fake".into(),
+            call: "test",
+            error: WitError::Other(message.into()),
+        }
+    }
+
+    impl Backend for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn list_devices<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<Device>, GuestError>> {
+            let answer = self.devices.lock().unwrap().clone().map_err(|m| fail(&m));
+            Box::pin(async move { answer })
+        }
+        fn allocate<'a>(&'a self, _: &'a str, c: Vec<Vec<String>>) -> BoxFuture<'a, Result<Vec<ContainerAllocation>, GuestError>> {
+            let answer = self.allocation.lock().unwrap().clone().unwrap_or_else(|| vec![ContainerAllocation::default(); c.len()]);
+            Box::pin(async move { Ok(answer) })
+        }
+        fn preferred_allocation<'a>(&'a self, _: &'a str, _: &'a PreferredRequest) -> BoxFuture<'a, Result<Vec<String>, GuestError>> {
+            let answer = self.preferred.lock().unwrap().clone();
+            Box::pin(async move { Ok(answer) })
+        }
+        fn pre_start<'a>(&'a self, _: &'a str, _: Vec<String>) -> BoxFuture<'a, Result<(), GuestError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn dev(id: &str, health: Health) -> Device {
+        Device { id: id.into(), health, numa_nodes: vec![] }
+    }
+
+    fn service(fake: Arc<Fake>, options: ResourceOptions) -> ResourceService {
+        let spec = ResourceSpec { name: "example.com/dev".into(), options };
+        ResourceService::new(spec, fake, "/nonexistent-root")
+    }
+
+    #[tokio::test]
+    async fn publishes_only_changes_and_turns_unhealthy_after_repeated_failures() {
+        let fake = Arc::new(Fake::default());
+        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy), dev("b", Health::Healthy)]);
+        let s = service(fake.clone(), ResourceOptions::default());
+        assert!(s.refresh().await);
+        assert!(!s.refresh().await, "an unchanged list is not re-sent");
+        *fake.devices.lock().unwrap() = Err("boom".into());
+        assert!(!s.refresh().await);
+        assert!(!s.refresh().await);
+        assert!(s.refresh().await, "third failure marks devices unhealthy");
+        let current = s.current();
+        assert_eq!(current.devices().len(), 2, "devices stay listed");
+        assert!(current.devices().iter().all(|d| d.health == Health::Unhealthy));
+        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy), dev("b", Health::Healthy)]);
+        assert!(s.refresh().await, "recovery is published");
+    }
+
+    #[tokio::test]
+    async fn allocate_refuses_unknown_unhealthy_and_duplicate_ids() {
+        let fake = Arc::new(Fake::default());
+        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy), dev("b", Health::Unhealthy)]);
+        let s = service(fake, ResourceOptions::default());
+        s.refresh().await;
+        let err = s.allocate(vec![vec!["a".into(), "zz".into()]]).await.unwrap_err();
+        assert!(matches!(&err, ServiceError::InvalidArgument(m) if m.contains("zz")), "{err:?}");
+        let err = s.allocate(vec![vec!["b".into()]]).await.unwrap_err();
+        assert!(matches!(&err, ServiceError::InvalidArgument(m) if m.contains("unhealthy")), "{err:?}");
+        let err = s.allocate(vec![vec!["a".into(), "a".into()]]).await.unwrap_err();
+        assert!(matches!(err, ServiceError::InvalidArgument(_)));
+        assert_eq!(s.allocate(vec![vec!["a".into()], vec!["a".into()]]).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn allocate_refuses_malformed_guest_answers() {
+        let fake = Arc::new(Fake::default());
+        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy)]);
+        let s = service(fake.clone(), ResourceOptions::default());
+        s.refresh().await;
+        *fake.allocation.lock().unwrap() = Some(vec![]);
+        assert!(matches!(s.allocate(vec![vec!["a".into()]]).await, Err(ServiceError::Internal(_))));
+        let bad = ContainerAllocation {
+            devices: vec![DeviceSpec { container_path: "/dev/x".into(), host_path: "/dev/x".into(), permissions: "rwx".into() }],
+            ..Default::default()
+        };
+        *fake.allocation.lock().unwrap() = Some(vec![bad]);
+        assert!(matches!(s.allocate(vec![vec!["a".into()]]).await, Err(ServiceError::Internal(_))));
+    }
+
+    #[tokio::test]
+    async fn preferred_allocation_never_fails_and_checks_answers() {
+        let fake = Arc::new(Fake::default());
+        let options = ResourceOptions { preferred_allocation_available: true, ..Default::default() };
+        let s = service(fake.clone(), options);
+        let request = PreferredRequest { available: vec!["a".into(), "b".into(), "c".into()], must_include: vec!["b".into()], size: 2 };
+        *fake.preferred.lock().unwrap() = vec!["b".into(), "c".into()];
+        assert_eq!(s.preferred_allocation(vec![request.clone()]).await, vec![vec!["b".to_string(), "c".to_string()]]);
+        for bad in [vec!["a", "c"], vec!["b", "z"], vec!["b", "a", "c"], vec!["b", "b"]] {
+            *fake.preferred.lock().unwrap() = bad.iter().map(|s| s.to_string()).collect();
+            assert_eq!(s.preferred_allocation(vec![request.clone()]).await, vec![Vec::<String>::new()], "{bad:?}");
+        }
+    }
+}

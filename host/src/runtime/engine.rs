@@ -1,0 +1,81 @@
+//! The process-wide wasmtime engine, linker and epoch ticker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::limits::GuestLimits;
+use super::state::GuestState;
+use crate::hostfns::{Grant, NodeAccess};
+use crate::wit::latest;
+
+/// How often the epoch advances; CPU-time deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// One engine and linker for every guest (mixing engines has been a wasmtime bug class),
+/// plus what every guest's host functions need: the host root and the default grant.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<GuestState>>,
+    pub(crate) limits: GuestLimits,
+    pub(crate) host_root: PathBuf,
+    pub(crate) grant: Grant,
+}
+
+impl Runtime {
+    /// Builds the engine, links WASI (empty) and the host functions, and starts the
+    /// epoch ticker, which stops by itself when the engine is dropped.
+    pub fn new(
+        host_root: impl Into<PathBuf>,
+        grant: Grant,
+        limits: GuestLimits,
+    ) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+
+        let mut linker: Linker<GuestState> = Linker::new(&engine);
+        // Rust's wasm32-wasip2 std imports WASI even when a guest never uses it; the
+        // context behind it grants nothing (see `GuestState::new`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        latest::sysfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        latest::pci::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        latest::devfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        latest::log::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+            host_root: host_root.into(),
+            grant,
+        })
+    }
+
+    pub fn limits(&self) -> &GuestLimits {
+        &self.limits
+    }
+}
+
+fn node_access(state: &mut GuestState) -> &mut NodeAccess {
+    &mut state.node
+}
+
+/// Epoch ticks for a CPU-time budget, rounded up, at least one.
+pub(crate) fn ticks(budget: Duration) -> u64 {
+    (budget.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
+}

@@ -1,0 +1,54 @@
+//! Errors of guest calls, in terms an operator can act on.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::wit::latest::types::Error as WitError;
+
+/// Why a call into a guest did not produce an answer.
+#[derive(Debug, Error)]
+pub enum GuestError {
+    /// The guest answered with an error value.
+    #[error("guest {guest} {call}: {error}")]
+    Reported {
+        guest: String,
+        call: &'static str,
+        error: WitError,
+    },
+    /// The guest trapped (panic, out-of-bounds access, out of memory...). The instance
+    /// was discarded and is rebuilt for the next call.
+    #[error("guest {guest} {call} trapped: {reason}; the instance is rebuilt for the next call")]
+    Trap {
+        guest: String,
+        call: &'static str,
+        reason: String,
+    },
+    /// The guest ran past its CPU-time deadline and was interrupted.
+    #[error("guest {guest} {call} ran past its {limit:?} deadline and was interrupted")]
+    Deadline {
+        guest: String,
+        call: &'static str,
+        limit: Duration,
+    },
+    /// The guest answered, but the answer is malformed.
+    #[error("guest {guest} {call} gave a malformed answer: {reason}")]
+    Malformed {
+        guest: String,
+        call: &'static str,
+        reason: String,
+    },
+    /// The guest cannot take calls (its thread ended, or its queue is full).
+    #[error("guest {guest} is unavailable: {reason}")]
+    Unavailable { guest: String, reason: String },
+}
+
+impl GuestError {
+    /// The WIT error the guest returned, if that is what happened.
+    pub fn reported(&self) -> Option<&WitError> {
+        match self {
+            GuestError::Reported { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}

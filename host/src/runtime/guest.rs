@@ -1,0 +1,314 @@
+//! A loaded guest and the thread that runs it.
+//!
+//! Each guest gets one OS thread that owns its `Store` (stores are not `Sync`, and a
+//! dedicated thread means a guest stuck in a host call can never block the async
+//! runtime). Calls arrive over a bounded queue and run one at a time under an epoch
+//! deadline. A trap or deadline discards the instance; the next call re-instantiates
+//! from the pre-linked component and calls `configure` again, so a fault costs one call,
+//! never the guest or the host.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use wasmtime::Store;
+
+use super::convert;
+use super::engine::{Runtime, ticks};
+use super::error::GuestError;
+use super::limits::GuestLimits;
+use super::state::GuestState;
+use crate::device::{ContainerAllocation, Device, PreferredRequest, ResourceSpec};
+use crate::hostfns::{Grant, NodeAccess};
+use crate::wit::latest::plugin::Guest as PluginExports;
+use crate::wit::latest::types::Error as WitError;
+use crate::wit::latest::{DevicePlugin, DevicePluginPre};
+
+/// Calls that may wait for a busy guest before callers are told it is unavailable.
+const QUEUE_DEPTH: usize = 64;
+/// Extra wall-clock time on top of a call's CPU deadline before the caller gives up
+/// (covers queueing and a host call that blocks on slow I/O).
+const WALL_CLOCK_GRACE: Duration = Duration::from_secs(2);
+/// Longest trap message kept for logs.
+const MAX_REASON_BYTES: usize = 512;
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Handle to a running guest. Cheap to clone; the guest's thread ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Guest {
+    name: Arc<str>,
+    jobs: SyncSender<Job>,
+    resources: Arc<[ResourceSpec]>,
+    limits: Arc<GuestLimits>,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest").field("name", &self.name).finish()
+    }
+}
+
+impl Guest {
+    /// Starts the guest's thread, instantiates it, configures it and asks for its
+    /// resources; any failure there means the guest does not start.
+    pub(crate) async fn start(
+        runtime: &Runtime,
+        name: &str,
+        pre: DevicePluginPre<GuestState>,
+        config: String,
+    ) -> Result<Guest, GuestError> {
+        let worker = Worker {
+            name: name.into(),
+            pre,
+            config,
+            limits: runtime.limits.clone(),
+            host_root: runtime.host_root.clone(),
+            grant: runtime.grant.clone(),
+            live: None,
+        };
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name(format!("guest-{name}"))
+            .spawn(move || {
+                let mut worker = worker;
+                while let Ok(job) = queue.recv() {
+                    job(&mut worker);
+                }
+            })
+            .map_err(|e| GuestError::Unavailable {
+                guest: name.into(),
+                reason: format!("cannot start its thread: {e}"),
+            })?;
+        let mut guest = Guest {
+            name: name.into(),
+            jobs,
+            resources: Arc::from(Vec::new()),
+            limits: Arc::new(runtime.limits.clone()),
+        };
+        let budget = guest.limits.deadlines.enumerate;
+        let resources = guest
+            .call("resources", budget, |exports, store| exports.call_resources(store))
+            .await?;
+        guest.resources = resources.into_iter().map(convert::resource).collect();
+        Ok(guest)
+    }
+
+    /// The guest's name (its file name without `.wasm`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The resources the guest reported when it started.
+    pub fn resources(&self) -> &[ResourceSpec] {
+        &self.resources
+    }
+
+    pub async fn list_devices(&self, resource: &str) -> Result<Vec<Device>, GuestError> {
+        let resource = resource.to_owned();
+        let budget = self.limits.deadlines.enumerate;
+        let devices = self
+            .call("list-devices", budget, move |exports, store| {
+                exports.call_list_devices(store, &resource)
+            })
+            .await?;
+        Ok(devices.into_iter().map(convert::device).collect())
+    }
+
+    pub async fn allocate(
+        &self,
+        resource: &str,
+        containers: Vec<Vec<String>>,
+    ) -> Result<Vec<ContainerAllocation>, GuestError> {
+        let resource = resource.to_owned();
+        let budget = self.limits.deadlines.allocate;
+        let answer = self
+            .call("allocate", budget, move |exports, store| {
+                exports.call_allocate(store, &resource, &containers)
+            })
+            .await?;
+        answer
+            .into_iter()
+            .map(convert::allocation)
+            .collect::<Result<_, _>>()
+            .map_err(|reason| GuestError::Malformed {
+                guest: self.name.to_string(),
+                call: "allocate",
+                reason,
+            })
+    }
+
+    pub async fn preferred_allocation(
+        &self,
+        resource: &str,
+        request: &PreferredRequest,
+    ) -> Result<Vec<String>, GuestError> {
+        let resource = resource.to_owned();
+        let request = convert::preferred_request(request);
+        let budget = self.limits.deadlines.preferred_allocation;
+        self.call("preferred-allocation", budget, move |exports, store| {
+            exports.call_preferred_allocation(store, &resource, &request)
+        })
+        .await
+    }
+
+    pub async fn pre_start(&self, resource: &str, ids: Vec<String>) -> Result<(), GuestError> {
+        let resource = resource.to_owned();
+        let budget = self.limits.deadlines.pre_start;
+        self.call("pre-start", budget, move |exports, store| {
+            exports.call_pre_start(store, &resource, &ids)
+        })
+        .await
+    }
+
+    /// Queues one export call on the guest's thread and waits for its answer.
+    async fn call<R, F>(&self, call: &'static str, budget: Duration, f: F) -> Result<R, GuestError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&PluginExports, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>
+            + Send
+            + 'static,
+    {
+        let span = tracing::debug_span!("guest_call", guest = %self.name, call);
+        let _enter = span.enter();
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |worker: &mut Worker| {
+            let _ = reply.send(worker.call(call, budget, f));
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(self.unavailable(format!("{QUEUE_DEPTH} calls already waiting")));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(self.unavailable("its thread has ended".into()));
+            }
+        }
+        drop(_enter);
+        match tokio::time::timeout(budget + WALL_CLOCK_GRACE, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.unavailable("its thread ended during the call".into())),
+            Err(_) => Err(GuestError::Deadline {
+                guest: self.name.to_string(),
+                call,
+                limit: budget,
+            }),
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> GuestError {
+        GuestError::Unavailable {
+            guest: self.name.to_string(),
+            reason,
+        }
+    }
+}
+
+/// State owned by a guest's thread.
+struct Worker {
+    name: String,
+    pre: DevicePluginPre<GuestState>,
+    config: String,
+    limits: GuestLimits,
+    host_root: PathBuf,
+    grant: Grant,
+    /// The live instance; `None` after a fault until the next call rebuilds it.
+    live: Option<Live>,
+}
+
+struct Live {
+    store: Store<GuestState>,
+    bindings: DevicePlugin,
+}
+
+impl Worker {
+    fn call<R>(
+        &mut self,
+        call: &'static str,
+        budget: Duration,
+        f: impl FnOnce(&PluginExports, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>,
+    ) -> Result<R, GuestError> {
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        let Live {
+            mut store,
+            bindings,
+        } = live;
+        store.set_epoch_deadline(ticks(budget));
+        let outcome = f(bindings.wdp_device_plugin_plugin(), &mut store);
+        match outcome {
+            Ok(answer) => {
+                self.live = Some(Live { store, bindings });
+                answer.map_err(|error| GuestError::Reported {
+                    guest: self.name.clone(),
+                    call,
+                    error,
+                })
+            }
+            // The instance is poisoned after a trap: drop it (`live` stays `None`).
+            Err(e) => {
+                let error = self.fault(call, budget, e);
+                tracing::warn!(guest = %self.name, error = %error, "guest call failed");
+                Err(error)
+            }
+        }
+    }
+
+    fn instantiate(&mut self) -> Result<Live, GuestError> {
+        let node = NodeAccess::new(self.name.clone(), self.host_root.clone(), &self.grant);
+        let mut store = Store::new(self.pre.engine(), GuestState::new(node, &self.limits));
+        store.limiter(|state| &mut state.limits);
+        store.set_hostcall_fuel(self.limits.hostcall_bytes);
+        store.epoch_deadline_trap();
+        // Instantiation runs guest code (start functions), so the deadline comes first.
+        let budget = self.limits.deadlines.configure;
+        store.set_epoch_deadline(ticks(budget));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.fault("instantiate", budget, e))?;
+        match bindings
+            .wdp_device_plugin_plugin()
+            .call_configure(&mut store, &self.config)
+        {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(error)) => Err(GuestError::Reported {
+                guest: self.name.clone(),
+                call: "configure",
+                error,
+            }),
+            Err(e) => Err(self.fault("configure", budget, e)),
+        }
+    }
+
+    fn fault(&self, call: &'static str, budget: Duration, e: wasmtime::Error) -> GuestError {
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return GuestError::Deadline {
+                guest: self.name.clone(),
+                call,
+                limit: budget,
+            };
+        }
+        let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{e:#}"),
+        };
+        if reason.len() > MAX_REASON_BYTES {
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        GuestError::Trap {
+            guest: self.name.clone(),
+            call,
+            reason,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Guest runtime: the only code that touches wasmtime.
+//!
+//! One [`engine::Runtime`] per process (one `Engine`, one `Linker`, one epoch ticker).
+//! [`loader`] turns a `.wasm` file into a type-checked, pre-linked guest; [`guest`] runs
+//! each guest on its own thread, which owns the live `Store`, serialises calls, applies
+//! the [`limits`], and rebuilds the instance after a trap. Callers never see wasmtime
+//! types: they get plain Rust values or a [`GuestError`].
+
+mod convert;
+pub mod engine;
+pub mod error;
+pub mod guest;
+pub mod limits;
+pub mod loader;
+mod state;
+
+pub use engine::Runtime;
+pub use error::GuestError;
+pub use guest::Guest;
+pub use limits::GuestLimits;
+pub use loader::LoadError;

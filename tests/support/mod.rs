@@ -1,0 +1,129 @@
+//! Shared set-up for the integration tests: a simulated node, a kubelet stand-in in a
+//! temporary device-plugin directory, a guests directory, and the host serving them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testkit::SimNode;
+use testkit::kubelet::KubeletStandIn;
+use wasm_device_plugin::config::HostConfig;
+use wasm_device_plugin::node::Node;
+use wasm_device_plugin::runtime::limits::CallDeadlines;
+
+/// How long a test waits for something the host should do within a second or two.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// One node: fixture tree, guests directory, kubelet stand-in, host.
+pub struct Harness {
+    pub tmp: tempfile::TempDir,
+    pub node: SimNode,
+    pub kubelet: KubeletStandIn,
+    pub host: Option<Node>,
+    pub guests_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    /// Deadlines given to guests (short ones make loop tests quick).
+    pub deadlines: CallDeadlines,
+}
+
+impl Harness {
+    /// A DGX-H100-like node with the kubelet stand-in running and no guests yet.
+    pub async fn dgx() -> Harness {
+        Self::with_node(SimNode::dgx_h100).await
+    }
+
+    /// A node with nothing on it but what the test adds (widgets, say).
+    pub async fn empty() -> Harness {
+        Self::with_node(SimNode::empty).await
+    }
+
+    async fn with_node(build: fn(&Path) -> std::io::Result<SimNode>) -> Harness {
+        init_tracing();
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let node = build(&tmp.path().join("root")).expect("fixture tree");
+        let guests_dir = tmp.path().join("guests");
+        std::fs::create_dir_all(&guests_dir).expect("guests directory");
+        let plugin_dir = tmp.path().join("device-plugins");
+        let kubelet = KubeletStandIn::start(&plugin_dir).await.expect("kubelet stand-in");
+        Harness {
+            tmp,
+            node,
+            kubelet,
+            host: None,
+            guests_dir,
+            plugin_dir,
+            deadlines: CallDeadlines::default(),
+        }
+    }
+
+    /// Puts `<name>.wasm` (and `<name>.json` when `config` is given) in the guests directory.
+    pub fn add_guest(&self, name: &str, wasm: &[u8], config: Option<&str>) {
+        std::fs::write(self.guests_dir.join(format!("{name}.wasm")), wasm).expect("write guest");
+        if let Some(config) = config {
+            std::fs::write(self.guests_dir.join(format!("{name}.json")), config).expect("write config");
+        }
+    }
+
+    /// The conformance guest as `<name>.wasm` with a JSON configuration.
+    pub fn add_conformance(&self, name: &str, config: serde_json::Value) {
+        self.add_guest(name, testkit::guests::CONFORMANCE_WASM, Some(&config.to_string()));
+    }
+
+    /// The host's configuration for this node, with fast polling so tests are quick.
+    pub fn config(&self) -> HostConfig {
+        let mut config = HostConfig::new(self.node.root(), &self.guests_dir, &self.plugin_dir);
+        config.rescan_interval = Duration::from_millis(100);
+        config.kubelet.poll_interval = Duration::from_millis(50);
+        config.limits.deadlines = self.deadlines.clone();
+        config
+    }
+
+    /// Starts the host and returns it.
+    pub async fn start_host(&mut self) -> &Node {
+        let node = Node::start(self.config()).await.expect("host starts");
+        self.host.insert(node)
+    }
+
+    pub fn host(&self) -> &Node {
+        self.host.as_ref().expect("host started")
+    }
+
+    /// Stops the host as SIGTERM would.
+    pub async fn stop_host(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+    }
+
+    /// Socket files in the device-plugin directory other than `kubelet.sock`.
+    pub fn plugin_sockets(&self) -> Vec<String> {
+        use std::os::unix::fs::FileTypeExt;
+        let mut names: Vec<String> = std::fs::read_dir(&self.plugin_dir)
+            .expect("device-plugin directory")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != kubelet_api::v1beta1::KUBELET_SOCKET)
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Widgets `w0..wN` on NUMA nodes alternating 0 and 1.
+pub fn widgets(n: usize) -> Vec<(String, Option<u32>)> {
+    (0..n).map(|i| (format!("w{i}"), Some((i % 2) as u32))).collect()
+}
+
+/// Adds widgets of `class` to the node.
+pub fn add_widgets(node: &SimNode, class: &str, widgets: &[(String, Option<u32>)]) {
+    let borrowed: Vec<(&str, Option<u32>)> = widgets.iter().map(|(id, numa)| (id.as_str(), *numa)).collect();
+    node.add_widgets(class, &borrowed).expect("widgets");
+}
