@@ -11,10 +11,19 @@ const GUESTS: [(&str, &str); 2] = [("nvidia-gpu", "NVIDIA_GPU"), ("conformance",
 
 fn main() {
     let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-    let workspace = manifest.parent().expect("testkit lives inside the workspace").to_owned();
+    let workspace = manifest
+        .parent()
+        .expect("testkit lives inside the workspace")
+        .to_owned();
     let guests = workspace.join("guests");
-    println!("cargo:rerun-if-changed={}", guests.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", guests.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests.join("Cargo.lock").display()
+    );
     for (krate, _) in GUESTS {
         println!("cargo:rerun-if-changed={}", guests.join(krate).display());
     }
@@ -23,14 +32,26 @@ fn main() {
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"))
         .join("guests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
         .current_dir(&guests)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // What the outer build set for the host must not leak into the guests' build
@@ -47,7 +68,9 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build the guests: {e}"));
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the guests: {e}"));
     if !status.success() {
         panic!(
             "building the guests failed (see above). They need the wasm32-wasip2 target: \
@@ -60,7 +83,11 @@ fn main() {
         let file = target_dir
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", krate.replace('-', "_")));
-        assert!(file.is_file(), "the guest build did not produce {}", file.display());
+        assert!(
+            file.is_file(),
+            "the guest build did not produce {}",
+            file.display()
+        );
         code.push_str(&format!(
             "/// Path of the `{krate}` guest, built for wasm32-wasip2.\n\
              pub const {constant}: &str = {path:?};\n\

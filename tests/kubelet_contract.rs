@@ -37,7 +37,10 @@ fn ids(view: &ResourceView) -> Vec<String> {
 }
 
 fn healthy(view: &ResourceView, id: &str) -> Option<bool> {
-    view.devices.iter().find(|d| d.id == id).map(|d| d.health == pb::HEALTHY)
+    view.devices
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| d.health == pb::HEALTHY)
 }
 
 // ---- Registration ------------------------------------------------------------------
@@ -48,15 +51,38 @@ fn healthy(view: &ResourceView, id: &str) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_as_the_kubelet_requires() {
     let h = serving_widgets(2, widget_resource()).await;
-    let registrations = h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap();
+    let registrations = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap();
     let r = &registrations[0];
     assert_eq!(r.request.version, "v1beta1");
-    assert!(!r.request.endpoint.contains('/'), "endpoint {:?} must be a file name", r.request.endpoint);
-    assert!(h.plugin_sockets().contains(&r.request.endpoint), "endpoint {:?} is not a socket in the directory", r.request.endpoint);
-    assert!(r.error.is_none(), "the kubelet's dial-back during Register failed: {:?}", r.error);
+    assert!(
+        !r.request.endpoint.contains('/'),
+        "endpoint {:?} must be a file name",
+        r.request.endpoint
+    );
+    assert!(
+        h.plugin_sockets().contains(&r.request.endpoint),
+        "endpoint {:?} is not a socket in the directory",
+        r.request.endpoint
+    );
+    assert!(
+        r.error.is_none(),
+        "the kubelet's dial-back during Register failed: {:?}",
+        r.error
+    );
     assert_eq!(r.authority.as_deref(), Some("localhost"));
-    assert!(r.timeout.is_some_and(|t| t >= Duration::from_secs(30)), "Register deadline {:?}", r.timeout);
-    assert_eq!(r.request.options, r.options, "RegisterRequest.options must equal GetDevicePluginOptions");
+    assert!(
+        r.timeout.is_some_and(|t| t >= Duration::from_secs(30)),
+        "Register deadline {:?}",
+        r.timeout
+    );
+    assert_eq!(
+        r.request.options, r.options,
+        "RegisterRequest.options must equal GetDevicePluginOptions"
+    );
 }
 
 /// C2: an invalid resource name is refused by the host; nothing is registered for it,
@@ -74,12 +100,30 @@ async fn invalid_resource_names_are_never_registered() {
         ]}),
     );
     h.start_host().await;
-    h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap();
-    let names: Vec<String> = h.kubelet.registrations().iter().map(|r| r.request.resource_name.clone()).collect();
+    h.kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap();
+    let names: Vec<String> = h
+        .kubelet
+        .registrations()
+        .iter()
+        .map(|r| r.request.resource_name.clone())
+        .collect();
     assert_eq!(names, vec![WIDGET.to_string()]);
-    let reasons: Vec<&str> = h.host().skipped().iter().map(|s| s.reason.as_str()).collect();
+    let reasons: Vec<&str> = h
+        .host()
+        .skipped()
+        .iter()
+        .map(|s| s.reason.as_str())
+        .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().all(|r| r.contains("not a valid extended resource name")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("not a valid extended resource name")),
+        "{reasons:?}"
+    );
 }
 
 /// C7: a refused registration is retried with growing back-off, not in a tight loop.
@@ -90,14 +134,29 @@ async fn refused_registrations_are_retried_with_back_off() {
     h.add_conformance("widgets", json!({ "resources": [widget_resource()] }));
     h.kubelet.refuse_next_registrations(2);
     h.start_host().await;
-    h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap();
+    h.kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap();
     let attempts = h.kubelet.registrations();
-    assert_eq!(attempts.len(), 3, "two refusals, then success: {attempts:?}");
-    assert!(attempts[0].error.is_some() && attempts[1].error.is_some() && attempts[2].error.is_none());
+    assert_eq!(
+        attempts.len(),
+        3,
+        "two refusals, then success: {attempts:?}"
+    );
+    assert!(
+        attempts[0].error.is_some() && attempts[1].error.is_some() && attempts[2].error.is_none()
+    );
     let first_gap = attempts[1].at - attempts[0].at;
     let second_gap = attempts[2].at - attempts[1].at;
-    assert!(first_gap >= Duration::from_millis(400), "first retry after {first_gap:?}");
-    assert!(second_gap > first_gap, "back-off must grow: {first_gap:?} then {second_gap:?}");
+    assert!(
+        first_gap >= Duration::from_millis(400),
+        "first retry after {first_gap:?}"
+    );
+    assert!(
+        second_gap > first_gap,
+        "back-off must grow: {first_gap:?} then {second_gap:?}"
+    );
 }
 
 /// C8, C25, C31: after a kubelet restart the host registers again on a socket name never
@@ -105,27 +164,62 @@ async fn refused_registrations_are_retried_with_back_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_registers_on_a_fresh_socket_after_a_kubelet_restart() {
     let mut h = serving_widgets(3, widget_resource()).await;
-    let first = h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap()[0].clone();
+    let first = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap()[0]
+        .clone();
     h.kubelet.restart().await.unwrap();
-    let all = h.kubelet.wait_for_registrations(WIDGET, 2, WAIT).await.unwrap();
+    let all = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 2, WAIT)
+        .await
+        .unwrap();
     let second = &all[1];
-    assert_ne!(first.request.endpoint, second.request.endpoint, "socket names must not be reused");
-    let view = h.kubelet.wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 3).await.unwrap();
+    assert_ne!(
+        first.request.endpoint, second.request.endpoint,
+        "socket names must not be reused"
+    );
+    let view = h
+        .kubelet
+        .wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 3)
+        .await
+        .unwrap();
     assert_eq!(view.capacity(), 3);
-    assert_eq!(h.plugin_sockets(), vec![second.request.endpoint.clone()], "one live socket, the new one");
+    assert_eq!(
+        h.plugin_sockets(),
+        vec![second.request.endpoint.clone()],
+        "one live socket, the new one"
+    );
     // The restarted kubelet can allocate through the new registration.
-    h.kubelet.allocate(WIDGET, vec![vec!["w0".into()]]).await.unwrap();
+    h.kubelet
+        .allocate(WIDGET, vec![vec!["w0".into()]])
+        .await
+        .unwrap();
 }
 
 /// C26: when its socket is deleted, the host serves a new one and registers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_registers_when_its_socket_is_deleted() {
     let h = serving_widgets(1, widget_resource()).await;
-    let first = h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap()[0].clone();
+    let first = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap()[0]
+        .clone();
     std::fs::remove_file(h.plugin_dir.join(&first.request.endpoint)).unwrap();
-    let all = h.kubelet.wait_for_registrations(WIDGET, 2, WAIT).await.unwrap();
+    let all = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 2, WAIT)
+        .await
+        .unwrap();
     assert_ne!(all[1].request.endpoint, first.request.endpoint);
-    h.kubelet.wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 1).await.unwrap();
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 1)
+        .await
+        .unwrap();
 }
 
 /// C12: the stream stays open while nothing happens, and when the kubelet drops it
@@ -136,10 +230,20 @@ async fn a_dropped_stream_leads_to_re_registration() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let view = h.kubelet.resource(WIDGET).unwrap();
     assert!(view.connected, "the stream must stay open");
-    assert_eq!(h.kubelet.registrations().len(), 1, "no re-registration while all is well");
+    assert_eq!(
+        h.kubelet.registrations().len(),
+        1,
+        "no re-registration while all is well"
+    );
     h.kubelet.drop_streams();
-    h.kubelet.wait_for_registrations(WIDGET, 2, WAIT).await.unwrap();
-    h.kubelet.wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 2).await.unwrap();
+    h.kubelet
+        .wait_for_registrations(WIDGET, 2, WAIT)
+        .await
+        .unwrap();
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 2)
+        .await
+        .unwrap();
 }
 
 /// C30: the host starts before the kubelet and registers once kubelet.sock appears; a
@@ -155,7 +259,10 @@ async fn waits_for_a_kubelet_that_is_not_there_yet() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(h.kubelet.registrations().is_empty());
     h.kubelet.start_again().unwrap();
-    h.kubelet.wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 2).await.unwrap();
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 2)
+        .await
+        .unwrap();
 }
 
 /// C28: a stopped host ends the stream (the kubelet sees allocatable 0, capacity kept)
@@ -165,9 +272,17 @@ async fn a_clean_stop_ends_the_stream_and_removes_the_socket() {
     let mut h = serving_widgets(2, widget_resource()).await;
     assert_eq!(h.plugin_sockets().len(), 1);
     h.stop_host().await;
-    let view = h.kubelet.wait_for(WIDGET, WAIT, |v| !v.connected).await.unwrap();
+    let view = h
+        .kubelet
+        .wait_for(WIDGET, WAIT, |v| !v.connected)
+        .await
+        .unwrap();
     assert_eq!((view.capacity(), view.allocatable()), (2, 0));
-    assert!(h.plugin_sockets().is_empty(), "stale sockets: {:?}", h.plugin_sockets());
+    assert!(
+        h.plugin_sockets().is_empty(),
+        "stale sockets: {:?}",
+        h.plugin_sockets()
+    );
 }
 
 // ---- Serving -----------------------------------------------------------------------
@@ -182,19 +297,40 @@ async fn health_changes_reach_the_kubelet_as_full_lists() {
     assert_eq!((before.capacity(), before.allocatable()), (4, 4));
 
     h.node.set_widget_health("widget", "w2", false).unwrap();
-    let after = h.kubelet.wait_for(WIDGET, WAIT, |v| healthy(v, "w2") == Some(false)).await.unwrap();
-    assert_eq!(ids(&after), vec!["w0", "w1", "w2", "w3"], "every update is the full list");
+    let after = h
+        .kubelet
+        .wait_for(WIDGET, WAIT, |v| healthy(v, "w2") == Some(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&after),
+        vec!["w0", "w1", "w2", "w3"],
+        "every update is the full list"
+    );
     assert_eq!((after.capacity(), after.allocatable()), (4, 3));
-    assert!(after.devices.iter().all(|d| d.health == "Healthy" || d.health == "Unhealthy"));
+    assert!(
+        after
+            .devices
+            .iter()
+            .all(|d| d.health == "Healthy" || d.health == "Unhealthy")
+    );
 
     h.node.set_widget_health("widget", "w2", true).unwrap();
-    let back = h.kubelet.wait_for(WIDGET, WAIT, |v| healthy(v, "w2") == Some(true)).await.unwrap();
+    let back = h
+        .kubelet
+        .wait_for(WIDGET, WAIT, |v| healthy(v, "w2") == Some(true))
+        .await
+        .unwrap();
     assert_eq!((back.capacity(), back.allocatable()), (4, 4));
 
     // Re-enumeration that finds nothing new sends nothing new.
     let updates = back.updates;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(h.kubelet.resource(WIDGET).unwrap().updates, updates, "unchanged lists must not be re-sent");
+    assert_eq!(
+        h.kubelet.resource(WIDGET).unwrap().updates,
+        updates,
+        "unchanged lists must not be re-sent"
+    );
 }
 
 /// C13: no devices is an empty list on an open stream (0/0), not a closed stream; devices
@@ -204,22 +340,49 @@ async fn an_empty_device_list_is_sent_not_withheld() {
     let mut h = Harness::empty().await;
     h.add_conformance("widgets", json!({ "resources": [widget_resource()] }));
     h.start_host().await;
-    let view = h.kubelet.wait_for(WIDGET, WAIT, |v| v.updates >= 1).await.unwrap();
+    let view = h
+        .kubelet
+        .wait_for(WIDGET, WAIT, |v| v.updates >= 1)
+        .await
+        .unwrap();
     assert!(view.connected && view.devices.is_empty());
     add_widgets(&h.node, "widget", &widgets(2));
-    h.kubelet.wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 2).await.unwrap();
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.connected && v.allocatable() == 2)
+        .await
+        .unwrap();
 }
 
 /// C14: NUMA topology is sent where known and omitted where not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_is_sent_only_when_known() {
     let mut h = Harness::empty().await;
-    add_widgets(&h.node, "widget", &[("near".into(), Some(1)), ("nowhere".into(), None)]);
+    add_widgets(
+        &h.node,
+        "widget",
+        &[("near".into(), Some(1)), ("nowhere".into(), None)],
+    );
     h.add_conformance("widgets", json!({ "resources": [widget_resource()] }));
     h.start_host().await;
-    let view = h.kubelet.wait_for(WIDGET, WAIT, |v| v.devices.len() == 2).await.unwrap();
-    let numa = |id: &str| view.devices.iter().find(|d| d.id == id).unwrap().topology.clone();
-    assert_eq!(numa("near"), Some(pb::TopologyInfo { nodes: vec![pb::NumaNode { id: 1 }] }));
+    let view = h
+        .kubelet
+        .wait_for(WIDGET, WAIT, |v| v.devices.len() == 2)
+        .await
+        .unwrap();
+    let numa = |id: &str| {
+        view.devices
+            .iter()
+            .find(|d| d.id == id)
+            .unwrap()
+            .topology
+            .clone()
+    };
+    assert_eq!(
+        numa("near"),
+        Some(pb::TopologyInfo {
+            nodes: vec![pb::NumaNode { id: 1 }]
+        })
+    );
     assert_eq!(numa("nowhere"), None);
 }
 
@@ -231,15 +394,35 @@ async fn allocate_answers_every_container_in_order() {
     let h = serving_widgets(4, widget_resource()).await;
     let answer = h
         .kubelet
-        .allocate(WIDGET, vec![vec!["w3".into()], vec!["w0".into(), "w1".into()], vec!["w2".into()]])
+        .allocate(
+            WIDGET,
+            vec![
+                vec!["w3".into()],
+                vec!["w0".into(), "w1".into()],
+                vec!["w2".into()],
+            ],
+        )
         .await
         .unwrap();
-    let visible: Vec<&str> = answer.container_responses.iter().map(|c| c.envs["WIDGET_IDS"].as_str()).collect();
+    let visible: Vec<&str> = answer
+        .container_responses
+        .iter()
+        .map(|c| c.envs["WIDGET_IDS"].as_str())
+        .collect();
     assert_eq!(visible, vec!["w3", "w0,w1", "w2"]);
     let second = &answer.container_responses[1];
-    let nodes: Vec<&str> = second.devices.iter().map(|d| d.host_path.as_str()).collect();
+    let nodes: Vec<&str> = second
+        .devices
+        .iter()
+        .map(|d| d.host_path.as_str())
+        .collect();
     assert_eq!(nodes, vec!["/dev/widget/w0", "/dev/widget/w1"]);
-    assert!(second.devices.iter().all(|d| d.permissions == "rw" && d.container_path == d.host_path));
+    assert!(
+        second
+            .devices
+            .iter()
+            .all(|d| d.permissions == "rw" && d.container_path == d.host_path)
+    );
     let cdi: Vec<&str> = second.cdi_devices.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(cdi, vec!["example.com/widget=w0", "example.com/widget=w1"]);
 }
@@ -248,26 +431,56 @@ async fn allocate_answers_every_container_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocate_refuses_unknown_and_unhealthy_devices() {
     let h = serving_widgets(2, widget_resource()).await;
-    let err = h.kubelet.allocate(WIDGET, vec![vec!["w0".into(), "ghost".into(), "w9".into()]]).await.unwrap_err();
+    let err = h
+        .kubelet
+        .allocate(WIDGET, vec![vec!["w0".into(), "ghost".into(), "w9".into()]])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("ghost") && err.message().contains("w9"), "{}", err.message());
+    assert!(
+        err.message().contains("ghost") && err.message().contains("w9"),
+        "{}",
+        err.message()
+    );
 
     h.node.set_widget_health("widget", "w1", false).unwrap();
-    h.kubelet.wait_for(WIDGET, WAIT, |v| healthy(v, "w1") == Some(false)).await.unwrap();
-    let err = h.kubelet.allocate(WIDGET, vec![vec!["w1".into()]]).await.unwrap_err();
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| healthy(v, "w1") == Some(false))
+        .await
+        .unwrap();
+    let err = h
+        .kubelet
+        .allocate(WIDGET, vec![vec!["w1".into()]])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("unhealthy") && err.message().contains("w1"), "{}", err.message());
+    assert!(
+        err.message().contains("unhealthy") && err.message().contains("w1"),
+        "{}",
+        err.message()
+    );
     // The healthy device still allocates.
-    h.kubelet.allocate(WIDGET, vec![vec!["w0".into()]]).await.unwrap();
+    h.kubelet
+        .allocate(WIDGET, vec![vec!["w0".into()]])
+        .await
+        .unwrap();
 }
 
 /// C22: the preferred allocation is a subset of the available IDs, holds every
 /// must-include ID and has the requested size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preferred_allocation_honours_must_include_and_size() {
-    let h = serving_widgets(6, json!({ "name": WIDGET, "class": "widget", "preferredAllocation": true })).await;
+    let h = serving_widgets(
+        6,
+        json!({ "name": WIDGET, "class": "widget", "preferredAllocation": true }),
+    )
+    .await;
     let available: Vec<String> = ["w0", "w1", "w2", "w3", "w5"].map(String::from).to_vec();
-    let answer = h.kubelet.preferred_allocation(WIDGET, available.clone(), vec!["w3".into()], 3).await.unwrap();
+    let answer = h
+        .kubelet
+        .preferred_allocation(WIDGET, available.clone(), vec!["w3".into()], 3)
+        .await
+        .unwrap();
     let chosen = &answer.container_responses[0].device_i_ds;
     assert_eq!(chosen.len(), 3, "{chosen:?}");
     assert!(chosen.contains(&"w3".to_string()), "{chosen:?}");
@@ -288,12 +501,22 @@ async fn preferred_allocation_never_fails_the_kubelet() {
             }),
         );
         h.start_host().await;
-        h.kubelet.wait_for(WIDGET, WAIT, |v| v.allocatable() == 4).await.unwrap();
+        h.kubelet
+            .wait_for(WIDGET, WAIT, |v| v.allocatable() == 4)
+            .await
+            .unwrap();
         let available: Vec<String> = ["w0", "w1", "w2", "w3"].map(String::from).to_vec();
-        let answer = h.kubelet.preferred_allocation(WIDGET, available, vec![], 2).await;
-        let answer = answer.unwrap_or_else(|e| panic!("fault {fault}: the kubelet got an error: {e}"));
+        let answer = h
+            .kubelet
+            .preferred_allocation(WIDGET, available, vec![], 2)
+            .await;
+        let answer =
+            answer.unwrap_or_else(|e| panic!("fault {fault}: the kubelet got an error: {e}"));
         assert_eq!(answer.container_responses.len(), 1, "fault {fault}");
-        assert!(answer.container_responses[0].device_i_ds.is_empty(), "fault {fault}: {answer:?}");
+        assert!(
+            answer.container_responses[0].device_i_ds.is_empty(),
+            "fault {fault}: {answer:?}"
+        );
     }
 }
 
@@ -304,12 +527,32 @@ async fn only_implemented_calls_are_advertised_and_made() {
     // Pre-start not required: the host answers without calling the (failing) guest.
     let mut h = Harness::empty().await;
     add_widgets(&h.node, "widget", &widgets(1));
-    h.add_conformance("widgets", json!({ "resources": [widget_resource()], "faults": { "preStart": "error" } }));
+    h.add_conformance(
+        "widgets",
+        json!({ "resources": [widget_resource()], "faults": { "preStart": "error" } }),
+    );
     h.start_host().await;
-    let r = h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap()[0].clone();
-    assert_eq!(r.options, Some(pb::DevicePluginOptions { pre_start_required: false, get_preferred_allocation_available: false }));
-    h.kubelet.wait_for(WIDGET, WAIT, |v| v.allocatable() == 1).await.unwrap();
-    h.kubelet.pre_start(WIDGET, vec!["w0".into()]).await.unwrap();
+    let r = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap()[0]
+        .clone();
+    assert_eq!(
+        r.options,
+        Some(pb::DevicePluginOptions {
+            pre_start_required: false,
+            get_preferred_allocation_available: false
+        })
+    );
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.allocatable() == 1)
+        .await
+        .unwrap();
+    h.kubelet
+        .pre_start(WIDGET, vec!["w0".into()])
+        .await
+        .unwrap();
 
     // Pre-start required: advertised, and the guest's failure reaches the kubelet.
     let mut h = Harness::empty().await;
@@ -322,20 +565,49 @@ async fn only_implemented_calls_are_advertised_and_made() {
         }),
     );
     h.start_host().await;
-    let r = h.kubelet.wait_for_registrations(WIDGET, 1, WAIT).await.unwrap()[0].clone();
-    assert_eq!(r.options, Some(pb::DevicePluginOptions { pre_start_required: true, get_preferred_allocation_available: true }));
-    h.kubelet.wait_for(WIDGET, WAIT, |v| v.allocatable() == 1).await.unwrap();
-    let err = h.kubelet.pre_start(WIDGET, vec!["w0".into()]).await.unwrap_err();
+    let r = h
+        .kubelet
+        .wait_for_registrations(WIDGET, 1, WAIT)
+        .await
+        .unwrap()[0]
+        .clone();
+    assert_eq!(
+        r.options,
+        Some(pb::DevicePluginOptions {
+            pre_start_required: true,
+            get_preferred_allocation_available: true
+        })
+    );
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.allocatable() == 1)
+        .await
+        .unwrap();
+    let err = h
+        .kubelet
+        .pre_start(WIDGET, vec!["w0".into()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
 }
 
 /// C24: PreStartContainer is idempotent: every container start calls it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_start_is_idempotent() {
-    let h = serving_widgets(2, json!({ "name": WIDGET, "class": "widget", "preStartRequired": true })).await;
+    let h = serving_widgets(
+        2,
+        json!({ "name": WIDGET, "class": "widget", "preStartRequired": true }),
+    )
+    .await;
     for _ in 0..3 {
-        h.kubelet.pre_start(WIDGET, vec!["w0".into(), "w1".into()]).await.unwrap();
+        h.kubelet
+            .pre_start(WIDGET, vec!["w0".into(), "w1".into()])
+            .await
+            .unwrap();
     }
-    let err = h.kubelet.pre_start(WIDGET, vec!["nope".into()]).await.unwrap_err();
+    let err = h
+        .kubelet
+        .pre_start(WIDGET, vec!["nope".into()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }

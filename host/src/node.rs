@@ -50,8 +50,12 @@ impl Node {
     /// Loads every guest and starts serving. Bad guests and invalid resources are
     /// logged, recorded in [`Node::skipped`], and left out; the rest serve.
     pub async fn start(config: HostConfig) -> Result<Node, NodeError> {
-        let runtime = Runtime::new(config.host_root.clone(), config.grant.clone(), config.limits.clone())
-            .map_err(NodeError::Runtime)?;
+        let runtime = Runtime::new(
+            config.host_root.clone(),
+            config.grant.clone(),
+            config.limits.clone(),
+        )
+        .map_err(NodeError::Runtime)?;
         let (shutdown, _) = watch::channel(false);
         let mut node = Node {
             resources: Vec::new(),
@@ -73,17 +77,28 @@ impl Node {
             for spec in guest.resources() {
                 if let Err(e) = name::validate(&spec.name) {
                     tracing::error!(guest = guest.name(), error = %e, "resource not registered; correct the name in the guest's configuration");
-                    node.skipped.push(Skipped { path: path.clone(), reason: e.to_string() });
+                    node.skipped.push(Skipped {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
                     continue;
                 }
                 if !names.insert(spec.name.clone()) {
-                    let reason = format!("resource {} is already served by another guest", spec.name);
+                    let reason =
+                        format!("resource {} is already served by another guest", spec.name);
                     tracing::error!(guest = guest.name(), %reason, "resource not registered");
-                    node.skipped.push(Skipped { path: path.clone(), reason });
+                    node.skipped.push(Skipped {
+                        path: path.clone(),
+                        reason,
+                    });
                     continue;
                 }
                 let backend = Arc::new(guest.clone());
-                let service = Arc::new(ResourceService::new(spec.clone(), backend, config.host_root.clone()));
+                let service = Arc::new(ResourceService::new(
+                    spec.clone(),
+                    backend,
+                    config.host_root.clone(),
+                ));
                 service.refresh().await;
                 tracing::info!(
                     guest = guest.name(),
@@ -94,10 +109,18 @@ impl Node {
                 services.push(service);
             }
             for service in &services {
-                node.tasks.spawn(plugin::run(service.clone(), config.kubelet.clone(), node.shutdown.subscribe()));
+                node.tasks.spawn(plugin::run(
+                    service.clone(),
+                    config.kubelet.clone(),
+                    node.shutdown.subscribe(),
+                ));
             }
             if !services.is_empty() {
-                node.tasks.spawn(rescan(services.clone(), config.rescan_interval, node.shutdown.subscribe()));
+                node.tasks.spawn(rescan(
+                    services.clone(),
+                    config.rescan_interval,
+                    node.shutdown.subscribe(),
+                ));
             }
             node.resources.extend(services);
         }
@@ -130,7 +153,10 @@ async fn load(runtime: &Runtime, path: &Path) -> Result<Guest, String> {
         .and_then(|s| s.to_str())
         .ok_or_else(|| format!("{}: the file name is not UTF-8", path.display()))?;
     let config = read_config(path).map_err(|e| e.to_string())?;
-    runtime.load(name, path, config).await.map_err(|e| e.to_string())
+    runtime
+        .load(name, path, config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `<name>.wasm` files of `dir`, sorted. Hidden entries (a ConfigMap volume's `..data`
@@ -162,18 +188,29 @@ fn read_config(wasm: &Path) -> Result<String, String> {
         .collect();
     match found.as_slice() {
         [] => Ok(String::new()),
-        [one] => std::fs::read_to_string(one)
-            .map_err(|e| format!("{}: cannot read the guest's configuration: {e}", one.display())),
+        [one] => std::fs::read_to_string(one).map_err(|e| {
+            format!(
+                "{}: cannot read the guest's configuration: {e}",
+                one.display()
+            )
+        }),
         many => Err(format!(
             "{}: several configuration files ({}); keep one",
             wasm.display(),
-            many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
 
 /// Re-enumerates a guest's resources on an interval; only changes reach the kubelet.
-async fn rescan(services: Vec<Arc<ResourceService>>, every: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+async fn rescan(
+    services: Vec<Arc<ResourceService>>,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -3,6 +3,8 @@
 
 /// Messages, the `Registration` service the kubelet serves and the `DevicePlugin`
 /// service each plug-in serves.
+// The upstream proto's comments are kept verbatim in the generated code.
+#[allow(clippy::doc_overindented_list_items, clippy::doc_lazy_continuation)]
 pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
 

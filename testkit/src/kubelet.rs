@@ -68,7 +68,10 @@ impl ResourceView {
         if !self.connected {
             return 0;
         }
-        self.devices.iter().filter(|d| d.health == pb::HEALTHY).count()
+        self.devices
+            .iter()
+            .filter(|d| d.health == pb::HEALTHY)
+            .count()
     }
 }
 
@@ -95,7 +98,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A test that panicked while holding the lock has already failed; keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -211,7 +216,12 @@ impl KubeletStandIn {
 
     /// Authorities of every request the registration server received.
     pub fn authorities(&self) -> Vec<Option<String>> {
-        self.shared.lock().requests.iter().map(|(a, _)| a.clone()).collect()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Ends every ListAndWatch stream, as a kubelet that disconnects does, while
@@ -236,7 +246,12 @@ impl KubeletStandIn {
 
     /// How many ListAndWatch streams were opened for `resource`.
     pub fn streams_opened(&self, resource: &str) -> usize {
-        self.shared.lock().streams_opened.get(resource).copied().unwrap_or(0)
+        self.shared
+            .lock()
+            .streams_opened
+            .get(resource)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Waits until `check` holds for the view of `resource`, or fails with what was seen.
@@ -395,7 +410,14 @@ impl RegistrationHandler {
     async fn connect(
         &self,
         request: &pb::RegisterRequest,
-    ) -> Result<(DevicePluginClient<Channel>, pb::DevicePluginOptions, PathBuf), String> {
+    ) -> Result<
+        (
+            DevicePluginClient<Channel>,
+            pb::DevicePluginOptions,
+            PathBuf,
+        ),
+        String,
+    > {
         if request.version != pb::VERSION {
             return Err(format!(
                 "requested API version {:?} is not supported by kubelet. Supported version is {:?}",
@@ -404,7 +426,10 @@ impl RegistrationHandler {
             ));
         }
         if !is_extended_resource_name(&request.resource_name) {
-            return Err(format!("the ResourceName {:?} is invalid", request.resource_name));
+            return Err(format!(
+                "the ResourceName {:?} is invalid",
+                request.resource_name
+            ));
         }
         {
             let mut state = self.shared.lock();
@@ -414,7 +439,10 @@ impl RegistrationHandler {
             }
         }
         // filepath.Join(socketDir, endpoint): an absolute endpoint is NOT honoured.
-        let endpoint = self.shared.dir.join(request.endpoint.trim_start_matches('/'));
+        let endpoint = self
+            .shared
+            .dir
+            .join(request.endpoint.trim_start_matches('/'));
         let channel = tokio::time::timeout(DIAL_TIMEOUT, dial(&endpoint))
             .await
             .map_err(|_| "failed to dial device plugin: timeout".to_string())?
@@ -431,8 +459,17 @@ impl RegistrationHandler {
 
 #[tonic::async_trait]
 impl RegistrationService for RegistrationHandler {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::Empty>, Status> {
-        let (authority, timeout) = self.shared.lock().requests.last().cloned().unwrap_or_default();
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let (authority, timeout) = self
+            .shared
+            .lock()
+            .requests
+            .last()
+            .cloned()
+            .unwrap_or_default();
         let request = request.into_inner();
         let mut registration = Registration {
             request: request.clone(),
@@ -515,7 +552,8 @@ pub fn is_extended_resource_name(name: &str) -> bool {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+            && l.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
     };
     let quota_domain = format!("requests.{domain}");
     !name.contains("kubernetes.io/")
@@ -524,9 +562,17 @@ pub fn is_extended_resource_name(name: &str) -> bool {
         && quota_domain.split('.').all(label_ok)
         && !local.is_empty()
         && local.len() <= 63
-        && local.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && local.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && local.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && local
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && local
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// Records each request's `:authority` (or `Host`) before the registration service.

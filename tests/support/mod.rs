@@ -51,7 +51,9 @@ impl Harness {
         let guests_dir = tmp.path().join("guests");
         std::fs::create_dir_all(&guests_dir).expect("guests directory");
         let plugin_dir = tmp.path().join("device-plugins");
-        let kubelet = KubeletStandIn::start(&plugin_dir).await.expect("kubelet stand-in");
+        let kubelet = KubeletStandIn::start(&plugin_dir)
+            .await
+            .expect("kubelet stand-in");
         Harness {
             tmp,
             node,
@@ -67,13 +69,18 @@ impl Harness {
     pub fn add_guest(&self, name: &str, wasm: &[u8], config: Option<&str>) {
         std::fs::write(self.guests_dir.join(format!("{name}.wasm")), wasm).expect("write guest");
         if let Some(config) = config {
-            std::fs::write(self.guests_dir.join(format!("{name}.json")), config).expect("write config");
+            std::fs::write(self.guests_dir.join(format!("{name}.json")), config)
+                .expect("write config");
         }
     }
 
     /// The conformance guest as `<name>.wasm` with a JSON configuration.
     pub fn add_conformance(&self, name: &str, config: serde_json::Value) {
-        self.add_guest(name, testkit::guests::CONFORMANCE_WASM, Some(&config.to_string()));
+        self.add_guest(
+            name,
+            testkit::guests::CONFORMANCE_WASM,
+            Some(&config.to_string()),
+        );
     }
 
     /// The host's configuration for this node, with fast polling so tests are quick.
@@ -119,11 +126,16 @@ impl Harness {
 
 /// Widgets `w0..wN` on NUMA nodes alternating 0 and 1.
 pub fn widgets(n: usize) -> Vec<(String, Option<u32>)> {
-    (0..n).map(|i| (format!("w{i}"), Some((i % 2) as u32))).collect()
+    (0..n)
+        .map(|i| (format!("w{i}"), Some((i % 2) as u32)))
+        .collect()
 }
 
 /// Adds widgets of `class` to the node.
 pub fn add_widgets(node: &SimNode, class: &str, widgets: &[(String, Option<u32>)]) {
-    let borrowed: Vec<(&str, Option<u32>)> = widgets.iter().map(|(id, numa)| (id.as_str(), *numa)).collect();
+    let borrowed: Vec<(&str, Option<u32>)> = widgets
+        .iter()
+        .map(|(id, numa)| (id.as_str(), *numa))
+        .collect();
     node.add_widgets(class, &borrowed).expect("widgets");
 }

@@ -63,7 +63,7 @@ pub fn sanitize(message: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if end < message.len() {
-        clean.push_str("…");
+        clean.push('…');
     }
     clean
 }
@@ -105,6 +105,9 @@ mod tests {
     fn floods_are_limited() {
         let mut limiter = LogLimiter::default();
         let admitted = (0..1000).filter(|_| limiter.admit().is_some()).count();
-        assert!(admitted >= BURST as usize && admitted < 300, "admitted {admitted}");
+        assert!(
+            admitted >= BURST as usize && admitted < 300,
+            "admitted {admitted}"
+        );
     }
 }

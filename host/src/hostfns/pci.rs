@@ -85,7 +85,9 @@ fn link_name(link: &Path) -> Option<String> {
 }
 
 fn parse_hex(text: &str) -> Option<u32> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?;
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))?;
     u32::from_str_radix(digits, 16).ok()
 }
 
@@ -135,18 +137,30 @@ mod tests {
         assert_eq!(devices.len(), 1);
         let gpu = &devices[0];
         assert_eq!(gpu.address, "0000:18:00.0");
-        assert_eq!((gpu.vendor, gpu.device, gpu.class), (0x10de, 0x2330, 0x030200));
-        assert_eq!((gpu.subsystem_vendor, gpu.subsystem_device), (0x10de, 0x16c1));
+        assert_eq!(
+            (gpu.vendor, gpu.device, gpu.class),
+            (0x10de, 0x2330, 0x030200)
+        );
+        assert_eq!(
+            (gpu.subsystem_vendor, gpu.subsystem_device),
+            (0x10de, 0x16c1)
+        );
         assert_eq!(gpu.numa_node, Some(1));
         assert_eq!(gpu.driver.as_deref(), Some("nvidia"));
         assert_eq!(gpu.iommu_group, Some(7));
         assert_eq!(gpu.physfn, None);
-        assert_eq!(gpu.sysfs_path, "/sys/devices/pci0000:15/0000:15:01.0/0000:18:00.0");
+        assert_eq!(
+            gpu.sysfs_path,
+            "/sys/devices/pci0000:15/0000:15:01.0/0000:18:00.0"
+        );
     }
 
     #[test]
     fn numa_minus_one_means_unknown() {
-        assert_eq!("-1".parse::<i64>().ok().and_then(|n| u32::try_from(n).ok()), None);
+        assert_eq!(
+            "-1".parse::<i64>().ok().and_then(|n| u32::try_from(n).ok()),
+            None
+        );
         assert_eq!(parse_hex("0x030200"), Some(0x030200));
         assert_eq!(parse_hex("030200"), None);
     }

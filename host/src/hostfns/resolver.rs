@@ -220,7 +220,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         std::fs::create_dir_all(root.join("sys/devices/pci0000:00/0000:00:01.0")).unwrap();
-        std::fs::write(root.join("sys/devices/pci0000:00/0000:00:01.0/vendor"), "0x10de\n").unwrap();
+        std::fs::write(
+            root.join("sys/devices/pci0000:00/0000:00:01.0/vendor"),
+            "0x10de\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
         symlink(
             "../../../devices/pci0000:00/0000:00:01.0",
@@ -230,7 +234,11 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/shadow"), "secret").unwrap();
         symlink("/etc/shadow", root.join("sys/escape-absolute")).unwrap();
-        symlink("../../../../../etc/shadow", root.join("sys/bus/escape-relative")).unwrap();
+        symlink(
+            "../../../../../etc/shadow",
+            root.join("sys/bus/escape-relative"),
+        )
+        .unwrap();
         symlink("/sys/devices/pci0000:00", root.join("sys/abs-inside")).unwrap();
         symlink("loop-b", root.join("sys/loop-a")).unwrap();
         symlink("loop-a", root.join("sys/loop-b")).unwrap();
@@ -241,9 +249,18 @@ mod tests {
     #[test]
     fn follows_relative_sysfs_links_to_the_canonical_path() {
         let (dir, r) = tree();
-        let got = r.resolve("/sys/bus/pci/devices/0000:00:01.0/vendor").unwrap();
-        assert_eq!(got.node, Path::new("/sys/devices/pci0000:00/0000:00:01.0/vendor"));
-        assert_eq!(got.host, dir.path().join("sys/devices/pci0000:00/0000:00:01.0/vendor"));
+        let got = r
+            .resolve("/sys/bus/pci/devices/0000:00:01.0/vendor")
+            .unwrap();
+        assert_eq!(
+            got.node,
+            Path::new("/sys/devices/pci0000:00/0000:00:01.0/vendor")
+        );
+        assert_eq!(
+            got.host,
+            dir.path()
+                .join("sys/devices/pci0000:00/0000:00:01.0/vendor")
+        );
     }
 
     #[test]
@@ -256,39 +273,71 @@ mod tests {
     #[test]
     fn links_pointing_outside_the_grant_are_denied() {
         let (_dir, r) = tree();
-        assert!(matches!(r.resolve("/sys/escape-absolute"), Err(ResolveError::Denied { .. })));
+        assert!(matches!(
+            r.resolve("/sys/escape-absolute"),
+            Err(ResolveError::Denied { .. })
+        ));
         // `..` above the host root stays at the root, then /etc is outside the grant.
-        assert!(matches!(r.resolve("/sys/bus/escape-relative"), Err(ResolveError::Denied { .. })));
+        assert!(matches!(
+            r.resolve("/sys/bus/escape-relative"),
+            Err(ResolveError::Denied { .. })
+        ));
     }
 
     #[test]
     fn dot_dot_and_foreign_absolute_paths_are_denied() {
         let (_dir, r) = tree();
-        assert!(matches!(r.resolve("/sys/../etc/shadow"), Err(ResolveError::Denied { .. })));
-        assert!(matches!(r.resolve("/etc/shadow"), Err(ResolveError::Denied { .. })));
-        assert!(matches!(r.resolve("/../../etc/shadow"), Err(ResolveError::Denied { .. })));
+        assert!(matches!(
+            r.resolve("/sys/../etc/shadow"),
+            Err(ResolveError::Denied { .. })
+        ));
+        assert!(matches!(
+            r.resolve("/etc/shadow"),
+            Err(ResolveError::Denied { .. })
+        ));
+        assert!(matches!(
+            r.resolve("/../../etc/shadow"),
+            Err(ResolveError::Denied { .. })
+        ));
     }
 
     #[test]
     fn relative_empty_and_nul_paths_are_refused() {
         let (_dir, r) = tree();
-        assert!(matches!(r.resolve("sys/bus"), Err(ResolveError::NotAbsolute { .. })));
-        assert!(matches!(r.resolve(""), Err(ResolveError::NotAbsolute { .. })));
-        assert!(matches!(r.resolve("/sys/\0"), Err(ResolveError::Malformed { .. })));
+        assert!(matches!(
+            r.resolve("sys/bus"),
+            Err(ResolveError::NotAbsolute { .. })
+        ));
+        assert!(matches!(
+            r.resolve(""),
+            Err(ResolveError::NotAbsolute { .. })
+        ));
+        assert!(matches!(
+            r.resolve("/sys/\0"),
+            Err(ResolveError::Malformed { .. })
+        ));
         let long = format!("/sys/{}", "a".repeat(5000));
-        assert!(matches!(r.resolve(&long), Err(ResolveError::Malformed { .. })));
+        assert!(matches!(
+            r.resolve(&long),
+            Err(ResolveError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn link_loops_end_with_an_error() {
         let (_dir, r) = tree();
-        assert!(matches!(r.resolve("/sys/loop-a"), Err(ResolveError::Loop { .. })));
+        assert!(matches!(
+            r.resolve("/sys/loop-a"),
+            Err(ResolveError::Loop { .. })
+        ));
     }
 
     #[test]
     fn nofollow_keeps_the_last_link() {
         let (_dir, r) = tree();
-        let got = r.resolve_nofollow("/sys/bus/pci/devices/0000:00:01.0").unwrap();
+        let got = r
+            .resolve_nofollow("/sys/bus/pci/devices/0000:00:01.0")
+            .unwrap();
         assert_eq!(got.node, Path::new("/sys/bus/pci/devices/0000:00:01.0"));
         // The link itself lies inside the grant even though its target would not.
         assert!(r.resolve_nofollow("/sys/escape-absolute").is_ok());
@@ -297,7 +346,13 @@ mod tests {
     #[test]
     fn missing_paths_are_not_found_inside_the_grant_and_denied_outside() {
         let (_dir, r) = tree();
-        assert!(matches!(r.resolve("/sys/nope"), Err(ResolveError::NotFound { .. })));
-        assert!(matches!(r.resolve("/root/.ssh/id_rsa"), Err(ResolveError::Denied { .. })));
+        assert!(matches!(
+            r.resolve("/sys/nope"),
+            Err(ResolveError::NotFound { .. })
+        ));
+        assert!(matches!(
+            r.resolve("/root/.ssh/id_rsa"),
+            Err(ResolveError::Denied { .. })
+        ));
     }
 }

@@ -54,8 +54,9 @@ impl Host for NodeAccess {
 
     fn read_link(&mut self, path: String) -> Result<String, WitError> {
         let resolved = self.resolver().resolve_nofollow(&path)?;
-        let target = std::fs::read_link(&resolved.host)
-            .map_err(|e| WitError::InvalidArgument(format!("{path} is not a symbolic link: {e}")))?;
+        let target = std::fs::read_link(&resolved.host).map_err(|e| {
+            WitError::InvalidArgument(format!("{path} is not a symbolic link: {e}"))
+        })?;
         target
             .into_os_string()
             .into_string()
@@ -92,10 +93,25 @@ mod tests {
     #[test]
     fn oversized_binary_missing_and_ungranted_files_are_errors_not_traps() {
         let (_d, mut a) = access();
-        assert!(matches!(a.read_file("/sys/big".into()), Err(WitError::Io(_))));
-        assert!(matches!(a.read_file("/sys/binary".into()), Err(WitError::Io(_))));
-        assert!(matches!(a.read_file("/sys/none".into()), Err(WitError::NotFound(_))));
-        assert!(matches!(a.read_file("/etc/passwd".into()), Err(WitError::Denied(_))));
-        assert!(matches!(a.read_link("/sys/class/x/a".into()), Err(WitError::InvalidArgument(_))));
+        assert!(matches!(
+            a.read_file("/sys/big".into()),
+            Err(WitError::Io(_))
+        ));
+        assert!(matches!(
+            a.read_file("/sys/binary".into()),
+            Err(WitError::Io(_))
+        ));
+        assert!(matches!(
+            a.read_file("/sys/none".into()),
+            Err(WitError::NotFound(_))
+        ));
+        assert!(matches!(
+            a.read_file("/etc/passwd".into()),
+            Err(WitError::Denied(_))
+        ));
+        assert!(matches!(
+            a.read_link("/sys/class/x/a".into()),
+            Err(WitError::InvalidArgument(_))
+        ));
     }
 }

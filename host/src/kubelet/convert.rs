@@ -66,3 +66,29 @@ pub fn allocation(a: ContainerAllocation) -> pb::ContainerAllocateResponse {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+    use crate::kubelet::service::MAX_MESSAGE_BYTES;
+    use crate::resource::service::MAX_DEVICES;
+    use crate::resource::snapshot::MAX_ID_LEN;
+    use prost::Message;
+
+    /// C15: the largest list the host accepts (the most devices, the longest IDs, four
+    /// NUMA nodes each) still fits the kubelet's 4 MiB message limit.
+    #[test]
+    fn the_largest_accepted_device_list_fits_a_kubelet_message() {
+        let devices = (0..MAX_DEVICES)
+            .map(|i| Device {
+                id: format!("{i:0>width$}", width = MAX_ID_LEN),
+                health: Health::Unhealthy,
+                numa_nodes: vec![0, 1, 2, 3],
+            })
+            .collect();
+        let snapshot = Snapshot::new(devices, MAX_DEVICES).unwrap();
+        let size = self::devices(&snapshot).encoded_len();
+        assert!(size < MAX_MESSAGE_BYTES, "{size} bytes");
+    }
+}

@@ -39,6 +39,7 @@ impl KubeletConfig {
 
     /// `kubelet.sock` in the device-plugin directory.
     pub fn kubelet_socket(&self) -> PathBuf {
-        self.device_plugin_dir.join(kubelet_api::v1beta1::KUBELET_SOCKET)
+        self.device_plugin_dir
+            .join(kubelet_api::v1beta1::KUBELET_SOCKET)
     }
 }

@@ -33,12 +33,20 @@ enum Restart {
 
 /// Serves `resource` until `shutdown` turns true, registering again with a fresh
 /// socket each time the kubelet restarts, deletes the socket, or drops the stream.
-pub async fn run(resource: Arc<ResourceService>, config: KubeletConfig, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    resource: Arc<ResourceService>,
+    config: KubeletConfig,
+    shutdown: watch::Receiver<bool>,
+) {
     let span = tracing::info_span!("device_plugin", resource = %resource.name());
     run_inner(resource, config, shutdown).instrument(span).await
 }
 
-async fn run_inner(resource: Arc<ResourceService>, config: KubeletConfig, mut shutdown: watch::Receiver<bool>) {
+async fn run_inner(
+    resource: Arc<ResourceService>,
+    config: KubeletConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let kubelet_socket = config.kubelet_socket();
     let mut backoff = BACKOFF_START;
     loop {
@@ -65,7 +73,8 @@ async fn run_inner(resource: Arc<ResourceService>, config: KubeletConfig, mut sh
             }
         };
 
-        let outcome = register_until_done(&resource, &config, &serving, &mut shutdown, &mut backoff).await;
+        let outcome =
+            register_until_done(&resource, &config, &serving, &mut shutdown, &mut backoff).await;
         let restart = match outcome {
             Ok(()) => {
                 backoff = BACKOFF_START;
@@ -79,7 +88,9 @@ async fn run_inner(resource: Arc<ResourceService>, config: KubeletConfig, mut sh
                 tracing::info!("stopped; socket removed");
                 return;
             }
-            reason => tracing::info!(?reason, kubelet = %kubelet_socket.display(), "registering again on a fresh socket"),
+            reason => {
+                tracing::info!(?reason, kubelet = %kubelet_socket.display(), "registering again on a fresh socket")
+            }
         }
         tokio::time::sleep(REREGISTER_PAUSE).await;
     }
@@ -115,7 +126,9 @@ async fn register_until_done(
             }
             Err(e) => {
                 match &e {
-                    RegisterError::Unreachable { .. } => tracing::info!(error = %e, retry_in = ?backoff, "kubelet not reachable yet"),
+                    RegisterError::Unreachable { .. } => {
+                        tracing::info!(error = %e, retry_in = ?backoff, "kubelet not reachable yet")
+                    }
                     _ => tracing::warn!(error = %e, retry_in = ?backoff, "registration failed"),
                 }
                 // Wait out the back-off, but retry at once when kubelet.sock reappears.

@@ -12,7 +12,9 @@ use tonic::transport::{Endpoint, Uri};
 /// Why registration did not succeed. Every case is retried with back-off.
 #[derive(Debug, Error)]
 pub enum RegisterError {
-    #[error("cannot reach the kubelet at {socket}: {reason}; is the kubelet running and the device-plugin directory mounted?")]
+    #[error(
+        "cannot reach the kubelet at {socket}: {reason}; is the kubelet running and the device-plugin directory mounted?"
+    )]
     Unreachable { socket: PathBuf, reason: String },
     #[error("the kubelet refused the registration: {0}")]
     Rejected(String),

@@ -89,7 +89,9 @@ impl pb::device_plugin_server::DevicePlugin for DevicePluginService {
         &self,
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::DevicePluginOptions>, Status> {
-        Ok(Response::new(convert::options(&self.resource.spec().options)))
+        Ok(Response::new(convert::options(
+            &self.resource.spec().options,
+        )))
     }
 
     type ListAndWatchStream = DeviceStream;
@@ -113,10 +115,21 @@ impl pb::device_plugin_server::DevicePlugin for DevicePluginService {
                     let message = convert::devices(&snapshots.borrow_and_update());
                     let size = message.encoded_len();
                     if size >= MAX_MESSAGE_BYTES {
-                        tracing::error!(size, "device list too large for the kubelet (4 MiB); not sent");
+                        tracing::error!(
+                            size,
+                            "device list too large for the kubelet (4 MiB); not sent"
+                        );
                     } else {
-                        let healthy = message.devices.iter().filter(|d| d.health == pb::HEALTHY).count();
-                        tracing::info!(devices = message.devices.len(), healthy, "sending device list");
+                        let healthy = message
+                            .devices
+                            .iter()
+                            .filter(|d| d.health == pb::HEALTHY)
+                            .count();
+                        tracing::info!(
+                            devices = message.devices.len(),
+                            healthy,
+                            "sending device list"
+                        );
                         if tx.send(Ok(message)).await.is_err() {
                             tracing::info!("the kubelet closed the ListAndWatch stream");
                             return;

@@ -37,7 +37,13 @@ pub fn unique_name(resource: &str, dir: &Path) -> String {
     let suffix = format!("-{}-{n}.sock", radix36(*started));
     let mut stem: String = resource
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let room = MAX_SOCKET_PATH.saturating_sub(dir.as_os_str().len() + 1 + suffix.len());
     stem.truncate(room.max(1));
@@ -133,14 +139,13 @@ impl Serving {
     /// Ends every stream, stops the server and removes the socket if it is still ours.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        let ours = self.socket_intact();
         let mut task = self.task;
         if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
             task.abort();
         }
-        if self.identity.is_some() && identity(&self.path) == self.identity {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove socket");
-            }
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove socket");
         }
     }
 }
@@ -155,7 +160,10 @@ mod tests {
         let a = unique_name("nvidia.com/gpu", dir);
         let b = unique_name("nvidia.com/gpu", dir);
         assert_ne!(a, b);
-        assert!(a.starts_with("nvidia.com_gpu-") && a.ends_with(".sock"), "{a}");
+        assert!(
+            a.starts_with("nvidia.com_gpu-") && a.ends_with(".sock"),
+            "{a}"
+        );
         let long = unique_name(&format!("{}.com/x", "a".repeat(250)), dir);
         assert!(dir.join(&long).as_os_str().len() <= MAX_SOCKET_PATH);
         assert!(!long.contains('/'));

@@ -65,7 +65,8 @@ pub fn check(allocation: &ContainerAllocation, host_root: &Path) -> Result<(), A
 
 fn check_path(what: &'static str, path: &str) -> Result<(), AnswerError> {
     let p = Path::new(path);
-    if !p.is_absolute() || path.contains('\0') || p.components().any(|c| c == Component::ParentDir) {
+    if !p.is_absolute() || path.contains('\0') || p.components().any(|c| c == Component::ParentDir)
+    {
         return Err(AnswerError::BadPath {
             what,
             path: path.to_owned(),
@@ -102,14 +103,26 @@ pub fn is_qualified_cdi_name(name: &str) -> bool {
         s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
     };
-    let vendor_ok = vendor.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+    let vendor_ok = vendor
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
         && edge_alnum(vendor)
-        && vendor.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    let class_ok = class.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && vendor
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    let class_ok = class
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
         && edge_alnum(class)
-        && class.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        && class
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
     let device_ok = edge_alnum(device)
-        && device.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        && device
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
     vendor_ok && class_ok && device_ok
 }
 
@@ -140,7 +153,8 @@ mod tests {
     fn accepts_a_well_formed_answer() {
         let dir = node();
         let mut a = with_device("/dev/nvidia0", "/dev/nvidia0", "rw");
-        a.envs.insert("NVIDIA_VISIBLE_DEVICES".into(), "GPU-1".into());
+        a.envs
+            .insert("NVIDIA_VISIBLE_DEVICES".into(), "GPU-1".into());
         a.cdi_devices.push("nvidia.com/gpu=GPU-1".into());
         a.mounts.push(Mount {
             container_path: "/usr/lib/x".into(),
@@ -154,11 +168,26 @@ mod tests {
     fn refuses_bad_paths_permissions_and_names() {
         let dir = node();
         let root = dir.path();
-        assert!(matches!(check(&with_device("/dev/nvidia0", "dev/x", "rw"), root), Err(AnswerError::BadPath { .. })));
-        assert!(matches!(check(&with_device("/dev/../etc/shadow", "/x", "rw"), root), Err(AnswerError::BadPath { .. })));
-        assert!(matches!(check(&with_device("/dev/nvidia9", "/dev/nvidia9", "rw"), root), Err(AnswerError::MissingHostPath(_))));
+        assert!(matches!(
+            check(&with_device("/dev/nvidia0", "dev/x", "rw"), root),
+            Err(AnswerError::BadPath { .. })
+        ));
+        assert!(matches!(
+            check(&with_device("/dev/../etc/shadow", "/x", "rw"), root),
+            Err(AnswerError::BadPath { .. })
+        ));
+        assert!(matches!(
+            check(&with_device("/dev/nvidia9", "/dev/nvidia9", "rw"), root),
+            Err(AnswerError::MissingHostPath(_))
+        ));
         for bad in ["", "rwx", "rr", "rwmr"] {
-            assert!(matches!(check(&with_device("/dev/nvidia0", "/dev/nvidia0", bad), root), Err(AnswerError::BadPermissions { .. })), "{bad}");
+            assert!(
+                matches!(
+                    check(&with_device("/dev/nvidia0", "/dev/nvidia0", bad), root),
+                    Err(AnswerError::BadPermissions { .. })
+                ),
+                "{bad}"
+            );
         }
         let mut env = ContainerAllocation::default();
         env.envs.insert("A=B".into(), "x".into());
@@ -167,10 +196,24 @@ mod tests {
 
     #[test]
     fn cdi_names_must_be_fully_qualified() {
-        for ok in ["nvidia.com/gpu=0", "nvidia.com/gpu=GPU-12ab", "example.com/widget=a:b", "vendor/class=all"] {
+        for ok in [
+            "nvidia.com/gpu=0",
+            "nvidia.com/gpu=GPU-12ab",
+            "example.com/widget=a:b",
+            "vendor/class=all",
+        ] {
             assert!(is_qualified_cdi_name(ok), "{ok}");
         }
-        for bad in ["gpu0", "nvidia.com/gpu", "nvidia.com=gpu", "/gpu=0", "nvidia.com/=0", "nvidia.com/gpu=", "nvidia.com/g.pu=0", "1vendor/gpu=0"] {
+        for bad in [
+            "gpu0",
+            "nvidia.com/gpu",
+            "nvidia.com=gpu",
+            "/gpu=0",
+            "nvidia.com/=0",
+            "nvidia.com/gpu=",
+            "nvidia.com/g.pu=0",
+            "1vendor/gpu=0",
+        ] {
             assert!(!is_qualified_cdi_name(bad), "{bad}");
         }
     }

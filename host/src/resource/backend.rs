@@ -14,7 +14,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Backend: Send + Sync + 'static {
     /// Name used in logs and errors.
     fn name(&self) -> &str;
-    fn list_devices<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Vec<Device>, GuestError>>;
+    fn list_devices<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Device>, GuestError>>;
     fn allocate<'a>(
         &'a self,
         resource: &'a str,
@@ -25,7 +28,11 @@ pub trait Backend: Send + Sync + 'static {
         resource: &'a str,
         request: &'a PreferredRequest,
     ) -> BoxFuture<'a, Result<Vec<String>, GuestError>>;
-    fn pre_start<'a>(&'a self, resource: &'a str, ids: Vec<String>) -> BoxFuture<'a, Result<(), GuestError>>;
+    fn pre_start<'a>(
+        &'a self,
+        resource: &'a str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), GuestError>>;
 }
 
 impl Backend for Guest {
@@ -33,7 +40,10 @@ impl Backend for Guest {
         Guest::name(self)
     }
 
-    fn list_devices<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Vec<Device>, GuestError>> {
+    fn list_devices<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Device>, GuestError>> {
         Box::pin(Guest::list_devices(self, resource))
     }
 
@@ -53,7 +63,11 @@ impl Backend for Guest {
         Box::pin(Guest::preferred_allocation(self, resource, request))
     }
 
-    fn pre_start<'a>(&'a self, resource: &'a str, ids: Vec<String>) -> BoxFuture<'a, Result<(), GuestError>> {
+    fn pre_start<'a>(
+        &'a self,
+        resource: &'a str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), GuestError>> {
         Box::pin(Guest::pre_start(self, resource, ids))
     }
 }

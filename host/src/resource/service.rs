@@ -44,9 +44,9 @@ impl From<GuestError> for ServiceError {
             } => ServiceError::InvalidArgument(message),
             GuestError::Deadline { .. } => ServiceError::DeadlineExceeded(message),
             GuestError::Unavailable { .. } => ServiceError::Unavailable(message),
-            GuestError::Reported { .. } | GuestError::Trap { .. } | GuestError::Malformed { .. } => {
-                ServiceError::Internal(message)
-            }
+            GuestError::Reported { .. }
+            | GuestError::Trap { .. }
+            | GuestError::Malformed { .. } => ServiceError::Internal(message),
         }
     }
 }
@@ -62,7 +62,11 @@ pub struct ResourceService {
 
 impl ResourceService {
     /// A service with an empty snapshot; call [`refresh`](Self::refresh) to fill it.
-    pub fn new(spec: ResourceSpec, backend: Arc<dyn Backend>, host_root: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        spec: ResourceSpec,
+        backend: Arc<dyn Backend>,
+        host_root: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             spec,
             backend,
@@ -191,7 +195,11 @@ impl ResourceService {
                 answers.push(Vec::new());
                 continue;
             }
-            let answer = match self.backend.preferred_allocation(&self.spec.name, &request).await {
+            let answer = match self
+                .backend
+                .preferred_allocation(&self.spec.name, &request)
+                .await
+            {
                 Ok(ids) => match check_preferred(&request, &ids) {
                     Ok(()) => ids,
                     Err(reason) => {
@@ -231,7 +239,9 @@ impl ResourceService {
         for id in ids {
             match snapshot.get(id) {
                 None => unknown.push(id.as_str()),
-                Some(d) if must_be_healthy && d.health != Health::Healthy => unhealthy.push(id.as_str()),
+                Some(d) if must_be_healthy && d.health != Health::Healthy => {
+                    unhealthy.push(id.as_str())
+                }
                 Some(_) => {}
             }
         }
@@ -266,11 +276,19 @@ fn check_preferred(request: &PreferredRequest, ids: &[String]) -> Result<(), Str
             return Err(format!("{id:?} appears twice"));
         }
     }
-    if let Some(missing) = request.must_include.iter().find(|id| !seen.contains(id.as_str())) {
+    if let Some(missing) = request
+        .must_include
+        .iter()
+        .find(|id| !seen.contains(id.as_str()))
+    {
         return Err(format!("must-include device {missing:?} is missing"));
     }
     if ids.len() > request.size {
-        return Err(format!("{} devices for a request of {}", ids.len(), request.size));
+        return Err(format!(
+            "{} devices for a request of {}",
+            ids.len(),
+            request.size
+        ));
     }
     Ok(())
 }
@@ -311,36 +329,64 @@ mod tests {
         fn name(&self) -> &str {
             "fake"
         }
-        fn list_devices<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<Device>, GuestError>> {
+        fn list_devices<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<Device>, GuestError>> {
             let answer = self.devices.lock().unwrap().clone().map_err(|m| fail(&m));
             Box::pin(async move { answer })
         }
-        fn allocate<'a>(&'a self, _: &'a str, c: Vec<Vec<String>>) -> BoxFuture<'a, Result<Vec<ContainerAllocation>, GuestError>> {
-            let answer = self.allocation.lock().unwrap().clone().unwrap_or_else(|| vec![ContainerAllocation::default(); c.len()]);
+        fn allocate<'a>(
+            &'a self,
+            _: &'a str,
+            c: Vec<Vec<String>>,
+        ) -> BoxFuture<'a, Result<Vec<ContainerAllocation>, GuestError>> {
+            let answer = self
+                .allocation
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| vec![ContainerAllocation::default(); c.len()]);
             Box::pin(async move { Ok(answer) })
         }
-        fn preferred_allocation<'a>(&'a self, _: &'a str, _: &'a PreferredRequest) -> BoxFuture<'a, Result<Vec<String>, GuestError>> {
+        fn preferred_allocation<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a PreferredRequest,
+        ) -> BoxFuture<'a, Result<Vec<String>, GuestError>> {
             let answer = self.preferred.lock().unwrap().clone();
             Box::pin(async move { Ok(answer) })
         }
-        fn pre_start<'a>(&'a self, _: &'a str, _: Vec<String>) -> BoxFuture<'a, Result<(), GuestError>> {
+        fn pre_start<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<String>,
+        ) -> BoxFuture<'a, Result<(), GuestError>> {
             Box::pin(async { Ok(()) })
         }
     }
 
     fn dev(id: &str, health: Health) -> Device {
-        Device { id: id.into(), health, numa_nodes: vec![] }
+        Device {
+            id: id.into(),
+            health,
+            numa_nodes: vec![],
+        }
     }
 
     fn service(fake: Arc<Fake>, options: ResourceOptions) -> ResourceService {
-        let spec = ResourceSpec { name: "example.com/dev".into(), options };
+        let spec = ResourceSpec {
+            name: "example.com/dev".into(),
+            options,
+        };
         ResourceService::new(spec, fake, "/nonexistent-root")
     }
 
     #[tokio::test]
     async fn publishes_only_changes_and_turns_unhealthy_after_repeated_failures() {
         let fake = Arc::new(Fake::default());
-        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy), dev("b", Health::Healthy)]);
+        *fake.devices.lock().unwrap() =
+            Ok(vec![dev("a", Health::Healthy), dev("b", Health::Healthy)]);
         let s = service(fake.clone(), ResourceOptions::default());
         assert!(s.refresh().await);
         assert!(!s.refresh().await, "an unchanged list is not re-sent");
@@ -350,24 +396,49 @@ mod tests {
         assert!(s.refresh().await, "third failure marks devices unhealthy");
         let current = s.current();
         assert_eq!(current.devices().len(), 2, "devices stay listed");
-        assert!(current.devices().iter().all(|d| d.health == Health::Unhealthy));
-        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy), dev("b", Health::Healthy)]);
+        assert!(
+            current
+                .devices()
+                .iter()
+                .all(|d| d.health == Health::Unhealthy)
+        );
+        *fake.devices.lock().unwrap() =
+            Ok(vec![dev("a", Health::Healthy), dev("b", Health::Healthy)]);
         assert!(s.refresh().await, "recovery is published");
     }
 
     #[tokio::test]
     async fn allocate_refuses_unknown_unhealthy_and_duplicate_ids() {
         let fake = Arc::new(Fake::default());
-        *fake.devices.lock().unwrap() = Ok(vec![dev("a", Health::Healthy), dev("b", Health::Unhealthy)]);
+        *fake.devices.lock().unwrap() =
+            Ok(vec![dev("a", Health::Healthy), dev("b", Health::Unhealthy)]);
         let s = service(fake, ResourceOptions::default());
         s.refresh().await;
-        let err = s.allocate(vec![vec!["a".into(), "zz".into()]]).await.unwrap_err();
-        assert!(matches!(&err, ServiceError::InvalidArgument(m) if m.contains("zz")), "{err:?}");
+        let err = s
+            .allocate(vec![vec!["a".into(), "zz".into()]])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::InvalidArgument(m) if m.contains("zz")),
+            "{err:?}"
+        );
         let err = s.allocate(vec![vec!["b".into()]]).await.unwrap_err();
-        assert!(matches!(&err, ServiceError::InvalidArgument(m) if m.contains("unhealthy")), "{err:?}");
-        let err = s.allocate(vec![vec!["a".into(), "a".into()]]).await.unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::InvalidArgument(m) if m.contains("unhealthy")),
+            "{err:?}"
+        );
+        let err = s
+            .allocate(vec![vec!["a".into(), "a".into()]])
+            .await
+            .unwrap_err();
         assert!(matches!(err, ServiceError::InvalidArgument(_)));
-        assert_eq!(s.allocate(vec![vec!["a".into()], vec!["a".into()]]).await.unwrap().len(), 2);
+        assert_eq!(
+            s.allocate(vec![vec!["a".into()], vec!["a".into()]])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[tokio::test]
@@ -377,26 +448,55 @@ mod tests {
         let s = service(fake.clone(), ResourceOptions::default());
         s.refresh().await;
         *fake.allocation.lock().unwrap() = Some(vec![]);
-        assert!(matches!(s.allocate(vec![vec!["a".into()]]).await, Err(ServiceError::Internal(_))));
+        assert!(matches!(
+            s.allocate(vec![vec!["a".into()]]).await,
+            Err(ServiceError::Internal(_))
+        ));
         let bad = ContainerAllocation {
-            devices: vec![DeviceSpec { container_path: "/dev/x".into(), host_path: "/dev/x".into(), permissions: "rwx".into() }],
+            devices: vec![DeviceSpec {
+                container_path: "/dev/x".into(),
+                host_path: "/dev/x".into(),
+                permissions: "rwx".into(),
+            }],
             ..Default::default()
         };
         *fake.allocation.lock().unwrap() = Some(vec![bad]);
-        assert!(matches!(s.allocate(vec![vec!["a".into()]]).await, Err(ServiceError::Internal(_))));
+        assert!(matches!(
+            s.allocate(vec![vec!["a".into()]]).await,
+            Err(ServiceError::Internal(_))
+        ));
     }
 
     #[tokio::test]
     async fn preferred_allocation_never_fails_and_checks_answers() {
         let fake = Arc::new(Fake::default());
-        let options = ResourceOptions { preferred_allocation_available: true, ..Default::default() };
+        let options = ResourceOptions {
+            preferred_allocation_available: true,
+            ..Default::default()
+        };
         let s = service(fake.clone(), options);
-        let request = PreferredRequest { available: vec!["a".into(), "b".into(), "c".into()], must_include: vec!["b".into()], size: 2 };
+        let request = PreferredRequest {
+            available: vec!["a".into(), "b".into(), "c".into()],
+            must_include: vec!["b".into()],
+            size: 2,
+        };
         *fake.preferred.lock().unwrap() = vec!["b".into(), "c".into()];
-        assert_eq!(s.preferred_allocation(vec![request.clone()]).await, vec![vec!["b".to_string(), "c".to_string()]]);
-        for bad in [vec!["a", "c"], vec!["b", "z"], vec!["b", "a", "c"], vec!["b", "b"]] {
+        assert_eq!(
+            s.preferred_allocation(vec![request.clone()]).await,
+            vec![vec!["b".to_string(), "c".to_string()]]
+        );
+        for bad in [
+            vec!["a", "c"],
+            vec!["b", "z"],
+            vec!["b", "a", "c"],
+            vec!["b", "b"],
+        ] {
             *fake.preferred.lock().unwrap() = bad.iter().map(|s| s.to_string()).collect();
-            assert_eq!(s.preferred_allocation(vec![request.clone()]).await, vec![Vec::<String>::new()], "{bad:?}");
+            assert_eq!(
+                s.preferred_allocation(vec![request.clone()]).await,
+                vec![Vec::<String>::new()],
+                "{bad:?}"
+            );
         }
     }
 }

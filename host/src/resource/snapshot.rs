@@ -14,7 +14,9 @@ pub const MAX_ID_LEN: usize = 63;
 pub enum SnapshotError {
     #[error("device ID {0:?} appears more than once")]
     Duplicate(String),
-    #[error("device ID {0:?} is empty, longer than 63 characters or contains whitespace/control characters")]
+    #[error(
+        "device ID {0:?} is empty, longer than 63 characters or contains whitespace/control characters"
+    )]
     BadId(String),
     #[error("{count} devices exceed the limit of {limit} per resource")]
     TooMany { count: usize, limit: usize },
@@ -41,7 +43,10 @@ impl Snapshot {
         for (i, device) in devices.iter_mut().enumerate() {
             if device.id.is_empty()
                 || device.id.len() > MAX_ID_LEN
-                || device.id.chars().any(|c| c.is_whitespace() || c.is_control())
+                || device
+                    .id
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(SnapshotError::BadId(device.id.clone()));
             }
@@ -75,10 +80,7 @@ impl Snapshot {
     /// True when the kubelet would see a difference (order does not matter to it).
     pub fn differs_from(&self, other: &Snapshot) -> bool {
         self.devices.len() != other.devices.len()
-            || self
-                .devices
-                .iter()
-                .any(|d| other.get(&d.id) != Some(d))
+            || self.devices.iter().any(|d| other.get(&d.id) != Some(d))
     }
 }
 
@@ -96,27 +98,64 @@ mod tests {
 
     #[test]
     fn refuses_duplicates_and_bad_ids() {
-        let dup = vec![dev("a", Health::Healthy, &[]), dev("a", Health::Unhealthy, &[])];
-        assert_eq!(Snapshot::new(dup, 10), Err(SnapshotError::Duplicate("a".into())));
+        let dup = vec![
+            dev("a", Health::Healthy, &[]),
+            dev("a", Health::Unhealthy, &[]),
+        ];
+        assert_eq!(
+            Snapshot::new(dup, 10),
+            Err(SnapshotError::Duplicate("a".into()))
+        );
         for bad in ["", "a b", &"x".repeat(64)] {
             assert!(matches!(
                 Snapshot::new(vec![dev(bad, Health::Healthy, &[])], 10),
                 Err(SnapshotError::BadId(_))
             ));
         }
-        let many = (0..11).map(|i| dev(&i.to_string(), Health::Healthy, &[])).collect();
-        assert!(matches!(Snapshot::new(many, 10), Err(SnapshotError::TooMany { .. })));
+        let many = (0..11)
+            .map(|i| dev(&i.to_string(), Health::Healthy, &[]))
+            .collect();
+        assert!(matches!(
+            Snapshot::new(many, 10),
+            Err(SnapshotError::TooMany { .. })
+        ));
     }
 
     #[test]
     fn differs_only_on_real_changes() {
-        let a = Snapshot::new(vec![dev("a", Health::Healthy, &[1, 0]), dev("b", Health::Healthy, &[])], 10).unwrap();
-        let reordered = Snapshot::new(vec![dev("b", Health::Healthy, &[]), dev("a", Health::Healthy, &[0, 1])], 10).unwrap();
+        let a = Snapshot::new(
+            vec![
+                dev("a", Health::Healthy, &[1, 0]),
+                dev("b", Health::Healthy, &[]),
+            ],
+            10,
+        )
+        .unwrap();
+        let reordered = Snapshot::new(
+            vec![
+                dev("b", Health::Healthy, &[]),
+                dev("a", Health::Healthy, &[0, 1]),
+            ],
+            10,
+        )
+        .unwrap();
         assert!(!a.differs_from(&reordered));
-        let flipped = Snapshot::new(vec![dev("a", Health::Unhealthy, &[0, 1]), dev("b", Health::Healthy, &[])], 10).unwrap();
+        let flipped = Snapshot::new(
+            vec![
+                dev("a", Health::Unhealthy, &[0, 1]),
+                dev("b", Health::Healthy, &[]),
+            ],
+            10,
+        )
+        .unwrap();
         assert!(a.differs_from(&flipped));
         let fewer = Snapshot::new(vec![dev("a", Health::Healthy, &[0, 1])], 10).unwrap();
         assert!(a.differs_from(&fewer));
-        assert!(a.all_unhealthy().devices().iter().all(|d| d.health == Health::Unhealthy));
+        assert!(
+            a.all_unhealthy()
+                .devices()
+                .iter()
+                .all(|d| d.health == Health::Unhealthy)
+        );
     }
 }

@@ -29,7 +29,9 @@ pub(crate) fn device(d: wit::Device) -> device::Device {
     }
 }
 
-pub(crate) fn allocation(a: wit::ContainerAllocation) -> Result<device::ContainerAllocation, String> {
+pub(crate) fn allocation(
+    a: wit::ContainerAllocation,
+) -> Result<device::ContainerAllocation, String> {
     Ok(device::ContainerAllocation {
         envs: unique_map("env", a.envs)?,
         mounts: a
@@ -63,7 +65,10 @@ pub(crate) fn preferred_request(r: &device::PreferredRequest) -> wit::PreferredR
     }
 }
 
-fn unique_map(what: &str, pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, String> {
+fn unique_map(
+    what: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
     for (key, value) in pairs {
         if map.insert(key.clone(), value).is_some() {

@@ -91,7 +91,9 @@ impl Guest {
         };
         let budget = guest.limits.deadlines.enumerate;
         let resources = guest
-            .call("resources", budget, |exports, store| exports.call_resources(store))
+            .call("resources", budget, |exports, store| {
+                exports.call_resources(store)
+            })
             .await?;
         guest.resources = resources.into_iter().map(convert::resource).collect();
         Ok(guest)

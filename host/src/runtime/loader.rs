@@ -29,7 +29,11 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error("{path}: {size} bytes is over the {limit}-byte limit for a guest")]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{path}: not a WebAssembly binary (no \\0asm header)")]
     NotWasm { path: PathBuf },
     #[error(
@@ -51,12 +55,7 @@ pub enum LoadError {
 impl Runtime {
     /// Loads `path` as guest `name`, configured with `config` (the operator's text).
     /// Compilation runs on a blocking thread; the guest then runs on its own thread.
-    pub async fn load(
-        &self,
-        name: &str,
-        path: &Path,
-        config: String,
-    ) -> Result<Guest, LoadError> {
+    pub async fn load(&self, name: &str, path: &Path, config: String) -> Result<Guest, LoadError> {
         let bytes = self.read_checked(path).await?;
         let engine = self.engine.clone();
         let linker = self.linker.clone();

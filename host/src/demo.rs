@@ -1,0 +1,162 @@
+//! `wasm-device-plugin demo`: the real host, serving a simulated DGX H100 node to an
+//! in-process kubelet stand-in, printing what the kubelet sees.
+//!
+//! Everything lives in a temporary directory: the node's sysfs/procfs/devfs tree, the
+//! guests directory (the NVIDIA reference guest, plus a corrupt file to show that bad
+//! input is reported and skipped) and the device-plugin directory with `kubelet.sock`.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use kubelet_api::v1beta1 as pb;
+use testkit::SimNode;
+use testkit::kubelet::KubeletStandIn;
+use wasm_device_plugin::config::HostConfig;
+use wasm_device_plugin::node::Node;
+
+const RESOURCE: &str = "nvidia.com/gpu";
+const WAIT: Duration = Duration::from_secs(20);
+
+pub async fn run() -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("wdp-demo")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let root = tmp.path().join("node");
+    let guests = tmp.path().join("guests");
+    let plugins = tmp.path().join("device-plugins");
+    let node = SimNode::dgx_h100(&root).context("cannot build the simulated node")?;
+    std::fs::create_dir_all(&guests)?;
+    std::fs::write(
+        guests.join("nvidia-gpu.wasm"),
+        testkit::guests::NVIDIA_GPU_WASM,
+    )?;
+    std::fs::write(guests.join("broken.wasm"), b"this is not WebAssembly")?;
+
+    println!("wasm-device-plugin demo: the host serving a simulated DGX H100 node\n");
+    println!(
+        "  node root        {}  (8 H100 SXM5, 4 NVSwitches, 8 ConnectX-7)",
+        root.display()
+    );
+    println!(
+        "  guests           {}  (nvidia-gpu.wasm, {} KiB; broken.wasm)",
+        guests.display(),
+        testkit::guests::NVIDIA_GPU_WASM.len() / 1024
+    );
+    println!(
+        "  kubelet stand-in {}\n",
+        plugins.join(pb::KUBELET_SOCKET).display()
+    );
+
+    let kubelet = KubeletStandIn::start(&plugins)
+        .await
+        .context("cannot start the kubelet stand-in")?;
+    let mut config = HostConfig::new(&root, &guests, &plugins);
+    config.rescan_interval = Duration::from_millis(200);
+    let host = Node::start(config).await?;
+    for skipped in host.skipped() {
+        println!(
+            "[host]    skipped {}\n          {}\n",
+            skipped.path.display(),
+            skipped.reason
+        );
+    }
+
+    let registration = kubelet
+        .wait_for_registrations(RESOURCE, 1, WAIT)
+        .await
+        .map_err(|e| anyhow!(e))?
+        .remove(0);
+    let options = registration.options.unwrap_or_default();
+    println!(
+        "[kubelet] Register  {}  version={}  endpoint={}\n          options: pre_start_required={} get_preferred_allocation_available={}\n",
+        registration.request.resource_name,
+        registration.request.version,
+        registration.request.endpoint,
+        options.pre_start_required,
+        options.get_preferred_allocation_available,
+    );
+
+    let view = kubelet
+        .wait_for(RESOURCE, WAIT, |v| v.connected && v.updates > 0)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    println!(
+        "[kubelet] ListAndWatch  {RESOURCE}: capacity {}, allocatable {}",
+        view.capacity(),
+        view.allocatable()
+    );
+    for device in &view.devices {
+        let numa: Vec<String> = device
+            .topology
+            .iter()
+            .flat_map(|t| t.nodes.iter().map(|n| n.id.to_string()))
+            .collect();
+        let address = node
+            .gpus()
+            .iter()
+            .find(|g| g.uuid == device.id)
+            .map(|g| format!("{}  /dev/nvidia{}", g.address, g.minor))
+            .unwrap_or_default();
+        println!(
+            "          {}  {:9}  NUMA {:3}  {address}",
+            device.id,
+            device.health,
+            numa.join(",")
+        );
+    }
+    println!();
+
+    // Two GPUs on one NUMA node, as a topology-aware kubelet would pick them.
+    let pair: Vec<String> = view
+        .devices
+        .iter()
+        .filter(|d| {
+            d.topology
+                .as_ref()
+                .is_some_and(|t| t.nodes.iter().any(|n| n.id == 1))
+        })
+        .take(2)
+        .map(|d| d.id.clone())
+        .collect();
+    println!("[kubelet] Allocate  {RESOURCE}  [{}]", pair.join(", "));
+    let answer = kubelet.allocate(RESOURCE, vec![pair]).await?;
+    for container in &answer.container_responses {
+        let mut envs: Vec<_> = container.envs.iter().collect();
+        envs.sort();
+        for (key, value) in envs {
+            println!("          env     {key}={value}");
+        }
+        for device in &container.devices {
+            println!(
+                "          device  {} ({})",
+                device.host_path, device.permissions
+            );
+        }
+        for cdi in &container.cdi_devices {
+            println!("          cdi     {}", cdi.name);
+        }
+    }
+    println!();
+
+    let unknown = kubelet
+        .allocate(RESOURCE, vec![vec!["GPU-does-not-exist".into()]])
+        .await;
+    match unknown {
+        Err(status) => println!(
+            "[kubelet] Allocate  {RESOURCE}  [GPU-does-not-exist]\n          refused: {:?}: {}\n",
+            status.code(),
+            status.message()
+        ),
+        Ok(_) => return Err(anyhow!("an unknown device ID was allocated")),
+    }
+
+    host.shutdown().await;
+    let after = kubelet.resource(RESOURCE).unwrap_or_default();
+    println!(
+        "[host]    stopped: the kubelet now counts capacity {}, allocatable {}; sockets removed\n",
+        after.capacity(),
+        after.allocatable()
+    );
+    Ok(())
+}
