@@ -132,7 +132,7 @@ async fn bad_guest_files_are_skipped_with_reasons_and_the_good_guest_serves() {
     let expected: [(&str, &[&str]); 5] = [
         (
             "badconfig.wasm",
-            &["refused to start", "configure", "InvalidConfig"],
+            &["refused to start", "configure", "invalid config"],
         ),
         ("core.wasm", &["core WebAssembly module, not a component"]),
         ("empty.wasm", &["not a WebAssembly binary"]),

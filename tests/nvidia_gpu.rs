@@ -359,7 +359,7 @@ async fn unknown_config_field_skips_the_guest() {
     for fragment in [
         "nvidia-gpu.wasm",
         "configure",
-        "InvalidConfig",
+        "invalid config",
         "migStrategy",
     ] {
         assert!(

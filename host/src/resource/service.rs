@@ -127,7 +127,8 @@ impl ResourceService {
                     %error,
                     "device enumeration failed; keeping the last device list"
                 );
-                if failures == FAILURES_BEFORE_UNHEALTHY {
+                let listed = !self.snapshot.borrow().devices().is_empty();
+                if failures == FAILURES_BEFORE_UNHEALTHY && listed {
                     tracing::error!(
                         resource = %self.spec.name,
                         guest = self.backend.name(),

@@ -10,7 +10,7 @@ use crate::wit::latest::types::Error as WitError;
 #[derive(Debug, Error)]
 pub enum GuestError {
     /// The guest answered with an error value.
-    #[error("guest {guest} {call}: {error}")]
+    #[error("guest {guest} {call}: {}", describe(error))]
     Reported {
         guest: String,
         call: &'static str,
@@ -51,4 +51,17 @@ impl GuestError {
             _ => None,
         }
     }
+}
+
+/// An operator-facing rendering of a guest's error value: `kind: message`.
+pub fn describe(error: &WitError) -> String {
+    let (kind, message) = match error {
+        WitError::InvalidConfig(m) => ("invalid config", m),
+        WitError::InvalidArgument(m) => ("invalid argument", m),
+        WitError::NotFound(m) => ("not found", m),
+        WitError::Denied(m) => ("denied", m),
+        WitError::Io(m) => ("i/o error", m),
+        WitError::Other(m) => ("error", m),
+    };
+    format!("{kind}: {message}")
 }
