@@ -95,6 +95,15 @@ fn main() {
              pub const {constant}_WASM: &[u8] = include_bytes!({path:?});\n",
             path = file.display().to_string(),
         ));
+        // The policy shipped with a reference guest, if it has one.
+        let policy = guests.join(krate).join("policy.json");
+        if policy.is_file() {
+            code.push_str(&format!(
+                "/// The default policy shipped with the `{krate}` guest.\n\
+                 pub const {constant}_POLICY: &str = include_str!({path:?});\n",
+                path = policy.display().to_string(),
+            ));
+        }
     }
     let out = PathBuf::from(env("OUT_DIR")).join("guests.rs");
     std::fs::write(&out, code).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));

@@ -23,7 +23,12 @@ const CONTROL_NODES: [&str; 4] = [
 /// sees `resource` with its 8 GPUs.
 async fn serving(config: Option<&str>, resource: &str) -> Harness {
     let mut h = Harness::dgx().await;
-    h.add_guest("nvidia-gpu", testkit::guests::NVIDIA_GPU_WASM, config);
+    h.add_guest_with_policy(
+        "nvidia-gpu",
+        testkit::guests::NVIDIA_GPU_WASM,
+        config,
+        Some(testkit::guests::NVIDIA_GPU_POLICY),
+    );
     h.start_host().await;
     wait_until(&h, resource, |v| v.devices.len() == 8).await;
     h
@@ -322,8 +327,8 @@ async fn index_strategy_offers_minors_as_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_name_is_configurable() {
     let h = serving(
-        Some(r#"{"resourceName":"example.com/gpu"}"#),
-        "example.com/gpu",
+        Some(r#"{"resourceName":"nvidia.com/h100"}"#),
+        "nvidia.com/h100",
     )
     .await;
     let names: Vec<String> = h
@@ -332,9 +337,9 @@ async fn resource_name_is_configurable() {
         .into_iter()
         .map(|r| r.request.resource_name)
         .collect();
-    assert_eq!(names, ["example.com/gpu"]);
+    assert_eq!(names, ["nvidia.com/h100"]);
     let gpu = &h.node.gpus()[0];
-    let answer = allocate(&h, "example.com/gpu", &[&[&gpu.uuid]])
+    let answer = allocate(&h, "nvidia.com/h100", &[&[&gpu.uuid]])
         .await
         .expect("allocate");
     assert_eq!(

@@ -32,6 +32,10 @@ pub async fn run() -> anyhow::Result<()> {
         testkit::guests::NVIDIA_GPU_WASM,
     )?;
     std::fs::write(guests.join("broken.wasm"), b"this is not WebAssembly")?;
+    std::fs::write(
+        guests.join("broken.policy.json"),
+        testkit::guests::NVIDIA_GPU_POLICY,
+    )?;
 
     println!("wasm-device-plugin demo: the host serving a simulated DGX H100 node\n");
     println!(

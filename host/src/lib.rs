@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod device;
+pub mod grant;
 pub mod hostfns;
 pub mod kubelet;
 pub mod node;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::HostConfig;
+use crate::config::policy::{self, GuestPolicy};
 use crate::kubelet::plugin;
 use crate::resource::{ResourceService, name};
 use crate::runtime::{Guest, Runtime};
@@ -52,7 +53,7 @@ impl Node {
     pub async fn start(config: HostConfig) -> Result<Node, NodeError> {
         let runtime = Runtime::new(
             config.host_root.clone(),
-            config.grant.clone(),
+            config.cdi_dir.clone(),
             config.limits.clone(),
         )
         .map_err(NodeError::Runtime)?;
@@ -65,7 +66,7 @@ impl Node {
         };
         let mut names = HashSet::new();
         for path in guest_files(&config.guests_dir)? {
-            let guest = match load(&runtime, &path).await {
+            let guest = match load(&runtime, &path, &config).await {
                 Ok(guest) => guest,
                 Err(reason) => {
                     tracing::error!(guest = %path.display(), %reason, "guest skipped; fix or remove the file, the other guests keep serving");
@@ -80,6 +81,20 @@ impl Node {
                     node.skipped.push(Skipped {
                         path: path.clone(),
                         reason: e.to_string(),
+                    });
+                    continue;
+                }
+                if !guest.grant().allows_resource(&spec.name) {
+                    let reason = format!(
+                        "{}: resource {} is outside the prefixes its policy grants ({})",
+                        path.display(),
+                        spec.name,
+                        guest.grant().resource_prefixes.join(", ")
+                    );
+                    tracing::error!(guest = guest.name(), %reason, "resource not registered; widen resourcePrefixes in the guest's policy if this is intended");
+                    node.skipped.push(Skipped {
+                        path: path.clone(),
+                        reason,
                     });
                     continue;
                 }
@@ -98,6 +113,7 @@ impl Node {
                     spec.clone(),
                     backend,
                     config.host_root.clone(),
+                    guest.grant().clone(),
                 ));
                 service.refresh().await;
                 tracing::info!(
@@ -147,14 +163,25 @@ impl Node {
     }
 }
 
-async fn load(runtime: &Runtime, path: &Path) -> Result<Guest, String> {
+/// Loads one guest with its policy and configuration. A guest without a policy is not
+/// loaded: guests are denied everything by default.
+async fn load(runtime: &Runtime, path: &Path, config: &HostConfig) -> Result<Guest, String> {
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or_else(|| format!("{}: the file name is not UTF-8", path.display()))?;
-    let config = read_config(path).map_err(|e| e.to_string())?;
+    let policy = GuestPolicy::for_guest(path, &config.limits)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "{}: no policy {} beside it; guests are denied everything by default, so say what it may read, hand out and advertise",
+                path.display(),
+                policy::policy_path(path).display()
+            )
+        })?;
+    let guest_config = read_config(path)?;
     runtime
-        .load(name, path, config)
+        .load(name, path, guest_config, policy)
         .await
         .map_err(|e| e.to_string())
 }

@@ -65,12 +65,31 @@ impl Harness {
         }
     }
 
-    /// Puts `<name>.wasm` (and `<name>.json` when `config` is given) in the guests directory.
+    /// Puts `<name>.wasm` (and `<name>.json` when `config` is given) in the guests
+    /// directory, with [`TEST_POLICY`].
     pub fn add_guest(&self, name: &str, wasm: &[u8], config: Option<&str>) {
-        std::fs::write(self.guests_dir.join(format!("{name}.wasm")), wasm).expect("write guest");
+        self.add_guest_with_policy(name, wasm, config, Some(TEST_POLICY));
+    }
+
+    /// Like [`add_guest`](Self::add_guest) with `<name>.policy.json` holding `policy`
+    /// (none: no policy file at all).
+    pub fn add_guest_with_policy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        config: Option<&str>,
+        policy: Option<&str>,
+    ) {
+        let write = |file: String, bytes: &[u8]| {
+            std::fs::write(self.guests_dir.join(&file), bytes)
+                .unwrap_or_else(|e| panic!("cannot write {file}: {e}"))
+        };
+        write(format!("{name}.wasm"), wasm);
         if let Some(config) = config {
-            std::fs::write(self.guests_dir.join(format!("{name}.json")), config)
-                .expect("write config");
+            write(format!("{name}.json"), config.as_bytes());
+        }
+        if let Some(policy) = policy {
+            write(format!("{name}.policy.json"), policy.as_bytes());
         }
     }
 
@@ -123,6 +142,16 @@ impl Harness {
         names
     }
 }
+
+/// The policy test guests get unless a test says otherwise: read sysfs, procfs and /dev,
+/// hand out any node under /dev, advertise `example.com/` resources, write
+/// `example.com/widget` CDI specs.
+pub const TEST_POLICY: &str = r#"{
+    "read": ["/sys", "/proc", "/dev"],
+    "devices": ["/dev/**"],
+    "resourcePrefixes": ["example.com/"],
+    "cdiKinds": ["example.com/widget"]
+}"#;
 
 /// Widgets `w0..wN` on NUMA nodes alternating 0 and 1.
 pub fn widgets(n: usize) -> Vec<(String, Option<u32>)> {

@@ -55,14 +55,13 @@ fn minor(dev: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostfns::Grant;
 
     #[test]
     fn finds_real_and_fixture_nodes() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dev")).unwrap();
         std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
-        let mut fixture = NodeAccess::new("t", dir.path(), &Grant::default());
+        let mut fixture = crate::hostfns::testing::reader(dir.path());
         let node = fixture.lookup("/dev/nvidia0".into()).unwrap().unwrap();
         assert_eq!(
             (node.path.as_str(), node.kind, node.major, node.minor),
@@ -75,7 +74,7 @@ mod tests {
         ));
 
         // The real /dev/null is char 1:3 on every Linux machine.
-        let mut real = NodeAccess::new("t", "/", &Grant::default());
+        let mut real = crate::hostfns::testing::reader(std::path::Path::new("/"));
         let null = real.lookup("/dev/null".into()).unwrap().unwrap();
         assert_eq!((null.kind, null.major, null.minor), (NodeKind::Char, 1, 3));
     }

@@ -54,7 +54,13 @@ impl LogLimiter {
 
 /// Truncates at a character boundary and replaces control characters.
 pub fn sanitize(message: &str) -> String {
-    let mut end = message.len().min(MAX_MESSAGE_BYTES);
+    truncate(message, MAX_MESSAGE_BYTES)
+}
+
+/// `message` cut to at most `max` bytes (at a character boundary, marked with `…`), with
+/// control characters replaced by spaces: untrusted text that reaches a log line.
+pub fn truncate(message: &str, max: usize) -> String {
+    let mut end = message.len().min(max);
     while !message.is_char_boundary(end) {
         end -= 1;
     }
@@ -70,7 +76,11 @@ pub fn sanitize(message: &str) -> String {
 
 impl Host for NodeAccess {
     fn log(&mut self, level: LogLevel, message: String) {
-        let Some(dropped) = self.log.admit() else {
+        let admitted = match self.log.lock() {
+            Ok(mut limiter) => limiter.admit(),
+            Err(poisoned) => poisoned.into_inner().admit(),
+        };
+        let Some(dropped) = admitted else {
             return;
         };
         let guest = self.guest();

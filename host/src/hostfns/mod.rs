@@ -7,51 +7,50 @@
 //! These modules know the WIT types but not wasmtime's runtime, so each is testable as
 //! plain Rust (call the trait methods directly).
 
+pub mod cdi;
 pub mod devfs;
+pub mod kmsg;
 pub mod log;
 pub mod pci;
 pub mod resolver;
 pub mod sysfs;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 
+use crate::grant::Grant;
 use crate::wit::latest::types::Error as WitError;
 use resolver::{ResolveError, Resolver};
 
-/// What one guest may see of the node.
+/// The capability object behind every host function of one guest. Cloned into each
+/// new instance of the guest, so state that must survive an instance rebuild (the
+/// kernel-log cursor, the log budget) is shared.
 #[derive(Debug, Clone)]
-pub struct Grant {
-    /// Node paths (and everything below them) the guest may read.
-    pub read_roots: Vec<PathBuf>,
-}
-
-impl Default for Grant {
-    /// Deny by default, except what every device plug-in needs to enumerate hardware:
-    /// sysfs, the driver and device-number tables in procfs, and `/dev`.
-    fn default() -> Self {
-        Self {
-            read_roots: ["/sys", "/proc/driver", "/proc/devices", "/dev"]
-                .into_iter()
-                .map(PathBuf::from)
-                .collect(),
-        }
-    }
-}
-
-/// The capability object behind every host function of one guest.
-#[derive(Debug)]
 pub struct NodeAccess {
-    guest: String,
+    guest: Arc<str>,
     resolver: Resolver,
-    log: log::LogLimiter,
+    grant: Arc<Grant>,
+    cdi_dir: PathBuf,
+    kmsg_seen: Arc<AtomicI64>,
+    log: Arc<Mutex<log::LogLimiter>>,
 }
 
 impl NodeAccess {
-    pub fn new(guest: impl Into<String>, host_root: impl Into<PathBuf>, grant: &Grant) -> Self {
+    /// `cdi_dir` is the node path of the CDI spec directory (`/var/run/cdi`).
+    pub fn new(
+        guest: &str,
+        host_root: impl Into<PathBuf>,
+        grant: Arc<Grant>,
+        cdi_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             guest: guest.into(),
             resolver: Resolver::new(host_root, grant.read_roots.clone()),
-            log: log::LogLimiter::default(),
+            grant,
+            cdi_dir: cdi_dir.into(),
+            kmsg_seen: Arc::new(AtomicI64::new(kmsg::NOTHING_SEEN)),
+            log: Arc::default(),
         }
     }
 
@@ -62,6 +61,27 @@ impl NodeAccess {
 
     pub fn resolver(&self) -> &Resolver {
         &self.resolver
+    }
+
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// What the reference guests need to read: sysfs, the driver tables in procfs, /dev.
+    pub fn reader(root: &std::path::Path) -> NodeAccess {
+        let grant = Grant {
+            read_roots: ["/sys", "/proc/driver", "/proc/devices", "/dev"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            ..Grant::none()
+        };
+        NodeAccess::new("t", root, Arc::new(grant), "/var/run/cdi")
     }
 }
 

@@ -87,22 +87,30 @@ impl Resolver {
     }
 
     fn granted(&self, path: &str, node: PathBuf) -> Result<Resolved, ResolveError> {
-        if !self.granted.iter().any(|root| node.starts_with(root)) {
-            return Err(ResolveError::Denied {
-                path: path.to_owned(),
-                resolved: node.display().to_string(),
-                granted: self
-                    .granted
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+        if !Self::under_grant(&self.granted, &node) {
+            return Err(self.denied(path, &node));
         }
         Ok(Resolved {
             host: self.host_path(&node),
             node,
         })
+    }
+
+    fn under_grant(granted: &[PathBuf], node: &Path) -> bool {
+        granted.iter().any(|root| node.starts_with(root))
+    }
+
+    fn denied(&self, path: &str, node: &Path) -> ResolveError {
+        ResolveError::Denied {
+            path: path.to_owned(),
+            resolved: node.display().to_string(),
+            granted: self
+                .granted
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
     }
 
     fn host_path(&self, node: &Path) -> PathBuf {
@@ -150,13 +158,15 @@ impl Resolver {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Say "denied", not "not found", where the walk had already left the
-                    // grant: a guest must not probe what exists outside it.
-                    return match self.granted(path, resolved) {
-                        Ok(_) => Err(ResolveError::NotFound {
+                    // grant (a guest must not probe what exists outside it); on the way
+                    // to a granted root, "not found" is no news.
+                    let on_the_way = self.granted.iter().any(|root| root.starts_with(&resolved));
+                    if on_the_way || Self::under_grant(&self.granted, &resolved) {
+                        return Err(ResolveError::NotFound {
                             path: path.to_owned(),
-                        }),
-                        Err(denied) => Err(denied),
-                    };
+                        });
+                    }
+                    return Err(self.denied(path, &resolved));
                 }
                 Err(source) => {
                     return Err(ResolveError::Io {

@@ -3,6 +3,7 @@
 use std::io::Read;
 
 use super::NodeAccess;
+use super::resolver::Resolved;
 use crate::wit::latest::sysfs::Host;
 use crate::wit::latest::types::Error as WitError;
 
@@ -12,9 +13,23 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024;
 /// Most entries one `list-dir` returns (a large node has a few hundred PCI functions).
 pub const MAX_DIR_ENTRIES: usize = 16 * 1024;
 
+/// Whatever the grant says, this interface reads only the kernel's pseudo-filesystems:
+/// opening a node under `/dev` (`/dev/mem`, a disk) is never a "sysfs read".
+fn pseudo_fs(path: &str, resolved: &Resolved) -> Result<(), WitError> {
+    if resolved.node.starts_with("/sys") || resolved.node.starts_with("/proc") {
+        Ok(())
+    } else {
+        Err(WitError::Denied(format!(
+            "{path} resolves to {}; sysfs reads only /sys and /proc",
+            resolved.node.display()
+        )))
+    }
+}
+
 impl Host for NodeAccess {
     fn read_file(&mut self, path: String) -> Result<String, WitError> {
         let resolved = self.resolver().resolve(&path)?;
+        pseudo_fs(&path, &resolved)?;
         let file = std::fs::File::open(&resolved.host)
             .map_err(|e| WitError::Io(format!("cannot open {path}: {e}")))?;
         let mut bytes = Vec::new();
@@ -33,6 +48,7 @@ impl Host for NodeAccess {
 
     fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
         let resolved = self.resolver().resolve(&path)?;
+        pseudo_fs(&path, &resolved)?;
         let entries = std::fs::read_dir(&resolved.host)
             .map_err(|e| WitError::Io(format!("cannot list {path}: {e}")))?;
         let mut names = Vec::new();
@@ -54,6 +70,7 @@ impl Host for NodeAccess {
 
     fn read_link(&mut self, path: String) -> Result<String, WitError> {
         let resolved = self.resolver().resolve_nofollow(&path)?;
+        pseudo_fs(&path, &resolved)?;
         let target = std::fs::read_link(&resolved.host).map_err(|e| {
             WitError::InvalidArgument(format!("{path} is not a symbolic link: {e}"))
         })?;
@@ -67,7 +84,6 @@ impl Host for NodeAccess {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostfns::Grant;
 
     fn access() -> (tempfile::TempDir, NodeAccess) {
         let dir = tempfile::tempdir().unwrap();
@@ -77,7 +93,7 @@ mod tests {
         std::fs::write(dir.path().join("sys/big"), vec![b'a'; 70_000]).unwrap();
         std::fs::write(dir.path().join("sys/binary"), [0xff, 0xfe]).unwrap();
         std::os::unix::fs::symlink("../class/x", dir.path().join("sys/class/link")).unwrap();
-        let access = NodeAccess::new("t", dir.path(), &Grant::default());
+        let access = crate::hostfns::testing::reader(dir.path());
         (dir, access)
     }
 

@@ -9,6 +9,7 @@ use std::path::{Component, Path};
 use thiserror::Error;
 
 use crate::device::ContainerAllocation;
+use crate::grant::Grant;
 
 /// What is wrong with a guest's allocation.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -21,14 +22,23 @@ pub enum AnswerError {
     BadPath { what: &'static str, path: String },
     #[error("host path {0:?} does not exist on the node")]
     MissingHostPath(String),
+    #[error("device node {0:?} is outside the guest's device grant")]
+    DeviceNotGranted(String),
+    #[error("mount of {0:?} is outside the guest's mount grant")]
+    MountNotGranted(String),
     #[error("device {path:?} permissions {permissions:?} must be a non-empty subset of \"rwm\"")]
     BadPermissions { path: String, permissions: String },
     #[error("CDI device {0:?} is not a fully qualified name (vendor.com/class=name)")]
     BadCdiName(String),
 }
 
-/// Checks one container's allocation. Host paths are looked up under `host_root`.
-pub fn check(allocation: &ContainerAllocation, host_root: &Path) -> Result<(), AnswerError> {
+/// Checks one container's allocation against the guest's `grant`. Host paths are looked
+/// up under `host_root`.
+pub fn check(
+    allocation: &ContainerAllocation,
+    host_root: &Path,
+    grant: &Grant,
+) -> Result<(), AnswerError> {
     for key in allocation.envs.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(AnswerError::BadEnv(key.clone()));
@@ -42,6 +52,9 @@ pub fn check(allocation: &ContainerAllocation, host_root: &Path) -> Result<(), A
     for mount in &allocation.mounts {
         check_path("mount container", &mount.container_path)?;
         check_path("mount host", &mount.host_path)?;
+        if !grant.allows_mount(&mount.host_path) {
+            return Err(AnswerError::MountNotGranted(mount.host_path.clone()));
+        }
         check_exists(&mount.host_path, host_root)?;
     }
     for device in &allocation.devices {
@@ -52,6 +65,9 @@ pub fn check(allocation: &ContainerAllocation, host_root: &Path) -> Result<(), A
                 path: device.container_path.clone(),
                 permissions: device.permissions.clone(),
             });
+        }
+        if !grant.allows_device(&device.host_path) {
+            return Err(AnswerError::DeviceNotGranted(device.host_path.clone()));
         }
         check_exists(&device.host_path, host_root)?;
     }
@@ -131,6 +147,14 @@ mod tests {
     use super::*;
     use crate::device::{DeviceSpec, Mount};
 
+    fn grant() -> Grant {
+        Grant {
+            device_patterns: vec!["/dev/nvidia*".into()],
+            mount_roots: vec!["/dev".into(), "/usr/lib/x".into()],
+            ..Grant::none()
+        }
+    }
+
     fn node() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dev")).unwrap();
@@ -161,7 +185,7 @@ mod tests {
             host_path: "/dev".into(),
             read_only: true,
         });
-        assert_eq!(check(&a, dir.path()), Ok(()));
+        assert_eq!(check(&a, dir.path(), &grant()), Ok(()));
     }
 
     #[test]
@@ -169,29 +193,66 @@ mod tests {
         let dir = node();
         let root = dir.path();
         assert!(matches!(
-            check(&with_device("/dev/nvidia0", "dev/x", "rw"), root),
+            check(&with_device("/dev/nvidia0", "dev/x", "rw"), root, &grant()),
             Err(AnswerError::BadPath { .. })
         ));
         assert!(matches!(
-            check(&with_device("/dev/../etc/shadow", "/x", "rw"), root),
+            check(
+                &with_device("/dev/../etc/shadow", "/x", "rw"),
+                root,
+                &grant()
+            ),
             Err(AnswerError::BadPath { .. })
         ));
         assert!(matches!(
-            check(&with_device("/dev/nvidia9", "/dev/nvidia9", "rw"), root),
+            check(
+                &with_device("/dev/nvidia9", "/dev/nvidia9", "rw"),
+                root,
+                &grant()
+            ),
             Err(AnswerError::MissingHostPath(_))
         ));
         for bad in ["", "rwx", "rr", "rwmr"] {
             assert!(
                 matches!(
-                    check(&with_device("/dev/nvidia0", "/dev/nvidia0", bad), root),
+                    check(
+                        &with_device("/dev/nvidia0", "/dev/nvidia0", bad),
+                        root,
+                        &grant()
+                    ),
                     Err(AnswerError::BadPermissions { .. })
                 ),
                 "{bad}"
             );
         }
+        let outside = Grant {
+            device_patterns: vec!["/dev/other*".into()],
+            ..grant()
+        };
+        assert_eq!(
+            check(
+                &with_device("/dev/nvidia0", "/dev/nvidia0", "rw"),
+                root,
+                &outside
+            ),
+            Err(AnswerError::DeviceNotGranted("/dev/nvidia0".into()))
+        );
+        let mut mount = ContainerAllocation::default();
+        mount.mounts.push(Mount {
+            container_path: "/etc/x".into(),
+            host_path: "/etc".into(),
+            read_only: true,
+        });
+        assert_eq!(
+            check(&mount, root, &grant()),
+            Err(AnswerError::MountNotGranted("/etc".into()))
+        );
         let mut env = ContainerAllocation::default();
         env.envs.insert("A=B".into(), "x".into());
-        assert!(matches!(check(&env, root), Err(AnswerError::BadEnv(_))));
+        assert!(matches!(
+            check(&env, root, &grant()),
+            Err(AnswerError::BadEnv(_))
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::answer;
 use super::backend::Backend;
 use super::snapshot::Snapshot;
 use crate::device::{ContainerAllocation, Health, PreferredRequest, ResourceSpec};
+use crate::grant::Grant;
 use crate::runtime::GuestError;
 use crate::wit::latest::types::Error as WitError;
 
@@ -56,21 +57,25 @@ pub struct ResourceService {
     spec: ResourceSpec,
     backend: Arc<dyn Backend>,
     host_root: PathBuf,
+    grant: Arc<Grant>,
     snapshot: watch::Sender<Snapshot>,
     failures: AtomicU32,
 }
 
 impl ResourceService {
     /// A service with an empty snapshot; call [`refresh`](Self::refresh) to fill it.
+    /// Allocation answers are checked against `grant`.
     pub fn new(
         spec: ResourceSpec,
         backend: Arc<dyn Backend>,
         host_root: impl Into<PathBuf>,
+        grant: Arc<Grant>,
     ) -> Self {
         Self {
             spec,
             backend,
             host_root: host_root.into(),
+            grant,
             snapshot: watch::Sender::new(Snapshot::default()),
             failures: AtomicU32::new(0),
         }
@@ -175,7 +180,7 @@ impl ResourceService {
             )));
         }
         for allocation in &answer {
-            answer::check(allocation, &self.host_root).map_err(|e| {
+            answer::check(allocation, &self.host_root, &self.grant).map_err(|e| {
                 ServiceError::Internal(format!(
                     "guest {} gave an allocation for {} that was refused: {e}",
                     self.backend.name(),
@@ -380,7 +385,11 @@ mod tests {
             name: "example.com/dev".into(),
             options,
         };
-        ResourceService::new(spec, fake, "/nonexistent-root")
+        let grant = Grant {
+            device_patterns: vec!["/dev/**".into()],
+            ..Grant::none()
+        };
+        ResourceService::new(spec, fake, "/nonexistent-root", Arc::new(grant))
     }
 
     #[tokio::test]

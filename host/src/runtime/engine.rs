@@ -9,28 +9,29 @@ use wasmtime::{Config, Engine};
 
 use super::limits::GuestLimits;
 use super::state::GuestState;
-use crate::hostfns::{Grant, NodeAccess};
+use crate::hostfns::NodeAccess;
 use crate::wit::latest;
 
 /// How often the epoch advances; CPU-time deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// One engine and linker for every guest (mixing engines has been a wasmtime bug class),
-/// plus what every guest's host functions need: the host root and the default grant.
+/// plus what every guest's host functions need: the host root and the CDI directory.
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<GuestState>>,
     pub(crate) limits: GuestLimits,
     pub(crate) host_root: PathBuf,
-    pub(crate) grant: Grant,
+    pub(crate) cdi_dir: PathBuf,
 }
 
 impl Runtime {
     /// Builds the engine, links WASI (empty) and the host functions, and starts the
     /// epoch ticker, which stops by itself when the engine is dropped.
+    /// `limits` apply to guests loaded without limits of their own.
     pub fn new(
         host_root: impl Into<PathBuf>,
-        grant: Grant,
+        cdi_dir: impl Into<PathBuf>,
         limits: GuestLimits,
     ) -> wasmtime::Result<Self> {
         let mut config = Config::new();
@@ -45,6 +46,8 @@ impl Runtime {
         latest::pci::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
         latest::devfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
         latest::log::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        latest::cdi::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        latest::kmsg::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -62,7 +65,7 @@ impl Runtime {
             linker: Arc::new(linker),
             limits,
             host_root: host_root.into(),
-            grant,
+            cdi_dir: cdi_dir.into(),
         })
     }
 

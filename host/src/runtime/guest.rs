@@ -7,7 +7,6 @@
 //! from the pre-linked component and calls `configure` again, so a fault costs one call,
 //! never the guest or the host.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::time::Duration;
@@ -20,8 +19,10 @@ use super::engine::{Runtime, ticks};
 use super::error::GuestError;
 use super::limits::GuestLimits;
 use super::state::GuestState;
+use crate::config::policy::GuestPolicy;
 use crate::device::{ContainerAllocation, Device, PreferredRequest, ResourceSpec};
-use crate::hostfns::{Grant, NodeAccess};
+use crate::grant::Grant;
+use crate::hostfns::NodeAccess;
 use crate::wit::latest::plugin::Guest as PluginExports;
 use crate::wit::latest::types::Error as WitError;
 use crate::wit::latest::{DevicePlugin, DevicePluginPre};
@@ -44,6 +45,7 @@ pub struct Guest {
     jobs: SyncSender<Job>,
     resources: Arc<[ResourceSpec]>,
     limits: Arc<GuestLimits>,
+    grant: Arc<Grant>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -60,14 +62,16 @@ impl Guest {
         name: &str,
         pre: DevicePluginPre<GuestState>,
         config: String,
+        policy: GuestPolicy,
     ) -> Result<Guest, GuestError> {
+        let grant = Arc::new(policy.grant);
+        let node = NodeAccess::new(name, &runtime.host_root, grant.clone(), &runtime.cdi_dir);
         let worker = Worker {
             name: name.into(),
             pre,
             config,
-            limits: runtime.limits.clone(),
-            host_root: runtime.host_root.clone(),
-            grant: runtime.grant.clone(),
+            limits: policy.limits.clone(),
+            node,
             live: None,
         };
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
@@ -87,7 +91,8 @@ impl Guest {
             name: name.into(),
             jobs,
             resources: Arc::from(Vec::new()),
-            limits: Arc::new(runtime.limits.clone()),
+            limits: Arc::new(policy.limits),
+            grant,
         };
         let budget = guest.limits.deadlines.enumerate;
         let resources = guest
@@ -102,6 +107,11 @@ impl Guest {
     /// The guest's name (its file name without `.wasm`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the guest may touch, hand out and advertise.
+    pub fn grant(&self) -> &Arc<Grant> {
+        &self.grant
     }
 
     /// The resources the guest reported when it started.
@@ -215,8 +225,8 @@ struct Worker {
     pre: DevicePluginPre<GuestState>,
     config: String,
     limits: GuestLimits,
-    host_root: PathBuf,
-    grant: Grant,
+    /// Host functions' state, cloned into every new instance.
+    node: NodeAccess,
     /// The live instance; `None` after a fault until the next call rebuilds it.
     live: Option<Live>,
 }
@@ -242,6 +252,7 @@ impl Worker {
             bindings,
         } = live;
         store.set_epoch_deadline(ticks(budget));
+        store.data_mut().limits.memory_refused = None;
         let outcome = f(bindings.wdp_device_plugin_plugin(), &mut store);
         match outcome {
             Ok(answer) => {
@@ -254,7 +265,8 @@ impl Worker {
             }
             // The instance is poisoned after a trap: drop it (`live` stays `None`).
             Err(e) => {
-                let error = self.fault(call, budget, e);
+                let refused = store.data().limits.memory_refused;
+                let error = self.fault(call, budget, e, refused);
                 tracing::warn!(guest = %self.name, error = %error, "guest call failed");
                 Err(error)
             }
@@ -262,8 +274,10 @@ impl Worker {
     }
 
     fn instantiate(&mut self) -> Result<Live, GuestError> {
-        let node = NodeAccess::new(self.name.clone(), self.host_root.clone(), &self.grant);
-        let mut store = Store::new(self.pre.engine(), GuestState::new(node, &self.limits));
+        let mut store = Store::new(
+            self.pre.engine(),
+            GuestState::new(self.node.clone(), &self.limits),
+        );
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(self.limits.hostcall_bytes);
         store.epoch_deadline_trap();
@@ -273,7 +287,7 @@ impl Worker {
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.fault("instantiate", budget, e))?;
+            .map_err(|e| self.fault("instantiate", budget, e, None))?;
         match bindings
             .wdp_device_plugin_plugin()
             .call_configure(&mut store, &self.config)
@@ -284,11 +298,22 @@ impl Worker {
                 call: "configure",
                 error,
             }),
-            Err(e) => Err(self.fault("configure", budget, e)),
+            Err(e) => {
+                let refused = store.data().limits.memory_refused;
+                Err(self.fault("configure", budget, e, refused))
+            }
         }
     }
 
-    fn fault(&self, call: &'static str, budget: Duration, e: wasmtime::Error) -> GuestError {
+    /// Classifies a trap; `memory_refused` is the size of a refused memory growth, which
+    /// explains an otherwise bare `unreachable` trap.
+    fn fault(
+        &self,
+        call: &'static str,
+        budget: Duration,
+        e: wasmtime::Error,
+        memory_refused: Option<usize>,
+    ) -> GuestError {
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
             return GuestError::Deadline {
                 guest: self.name.clone(),
@@ -306,6 +331,13 @@ impl Worker {
                 end -= 1;
             }
             reason.truncate(end);
+        }
+        if let Some(desired) = memory_refused {
+            reason = format!(
+                "{reason} (it asked for {} MiB of memory; its limit is {} MiB)",
+                desired >> 20,
+                self.limits.memory_bytes >> 20
+            );
         }
         GuestError::Trap {
             guest: self.name.clone(),

@@ -13,6 +13,7 @@ use wasmtime::component::Component;
 use super::engine::Runtime;
 use super::error::GuestError;
 use super::guest::Guest;
+use crate::config::policy::GuestPolicy;
 use crate::wit::latest::DevicePluginPre;
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
@@ -42,7 +43,9 @@ pub enum LoadError {
     CoreModule { path: PathBuf },
     #[error("{path}: does not compile: {reason}")]
     Compile { path: PathBuf, reason: String },
-    #[error("{path}: does not match the wdp:device-plugin@0.1 contract: {reason}")]
+    #[error(
+        "{path}: does not match the wdp:device-plugin@0.1 contract (is it a device-plugin guest?): {reason}"
+    )]
     Link { path: PathBuf, reason: String },
     #[error("{path}: refused to start: {source}")]
     Start {
@@ -53,9 +56,16 @@ pub enum LoadError {
 }
 
 impl Runtime {
-    /// Loads `path` as guest `name`, configured with `config` (the operator's text).
-    /// Compilation runs on a blocking thread; the guest then runs on its own thread.
-    pub async fn load(&self, name: &str, path: &Path, config: String) -> Result<Guest, LoadError> {
+    /// Loads `path` as guest `name`, configured with `config` (the operator's text),
+    /// with the capabilities and limits of `policy`. Compilation runs on a blocking
+    /// thread; the guest then runs on its own thread.
+    pub async fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        config: String,
+        policy: GuestPolicy,
+    ) -> Result<Guest, LoadError> {
         let bytes = self.read_checked(path).await?;
         let engine = self.engine.clone();
         let linker = self.linker.clone();
@@ -78,7 +88,7 @@ impl Runtime {
             reason: format!("compiler task failed: {e}"),
         })??;
 
-        Guest::start(self, name, pre, config)
+        Guest::start(self, name, pre, config, policy)
             .await
             .map_err(|source| LoadError::Start {
                 path: path.to_owned(),

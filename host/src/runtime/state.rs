@@ -1,7 +1,7 @@
 //! What a guest's `Store` holds.
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::limits::GuestLimits;
@@ -13,7 +13,7 @@ const MAX_TABLE_ENTRIES: usize = 1024;
 pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: Limiter,
     pub(crate) node: NodeAccess,
 }
 
@@ -24,7 +24,7 @@ impl GuestState {
         let wasi = WasiCtxBuilder::new().max_random_size(1 << 20).build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_TABLE_ENTRIES);
-        let limits = StoreLimitsBuilder::new()
+        let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements)
             .instances(limits.instances)
@@ -35,7 +35,10 @@ impl GuestState {
         Self {
             wasi,
             table,
-            limits,
+            limits: Limiter {
+                inner: store_limits,
+                memory_refused: None,
+            },
             node,
         }
     }
@@ -47,5 +50,50 @@ impl WasiView for GuestState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// wasmtime's store limits, remembering a refused memory growth: a Rust guest whose
+/// allocation fails aborts with a plain `unreachable` trap, and the operator should be
+/// told that the memory limit, not a bug, was the cause.
+pub(crate) struct Limiter {
+    inner: StoreLimits,
+    /// The size a refused `memory.grow` asked for.
+    pub(crate) memory_refused: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.memory_refused = Some(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }

@@ -8,7 +8,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::wdp::device_plugin::plugin;
-pub use wdp::device_plugin::{devfs, log, pci, sysfs, types};
+pub use wdp::device_plugin::{cdi, devfs, kmsg, log, pci, sysfs, types};
 
 /// The contract version this module implements, for logs and `inspect`.
-pub const VERSION: &str = "0.1.0";
+pub const VERSION: &str = "0.1.1";

@@ -1,14 +1,19 @@
-//! The host's configuration: where the node, the guests and the kubelet are.
+//! The host's configuration: where the node, the guests and the kubelet are, and each
+//! guest's policy.
+
+pub mod policy;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::hostfns::Grant;
 use crate::kubelet::KubeletConfig;
 use crate::runtime::GuestLimits;
 
 /// Where operators mount guests (a ConfigMap volume) by default.
 pub const DEFAULT_GUESTS_DIR: &str = "/etc/wasm-device-plugin/guests";
+/// Where CDI specs go on a node (the runtime also reads `/etc/cdi`; that one is the
+/// administrator's).
+pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 /// How often devices are re-enumerated by default.
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -23,9 +28,10 @@ pub struct HostConfig {
     pub kubelet: KubeletConfig,
     /// How often every resource's devices are re-enumerated; only changes reach the kubelet.
     pub rescan_interval: Duration,
+    /// Limits for guests whose policy sets none.
     pub limits: GuestLimits,
-    /// What guests may read.
-    pub grant: Grant,
+    /// Node directory where guests' CDI specs are written.
+    pub cdi_dir: PathBuf,
 }
 
 impl HostConfig {
@@ -41,7 +47,7 @@ impl HostConfig {
             kubelet: KubeletConfig::new(device_plugin_dir),
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
             limits: GuestLimits::default(),
-            grant: Grant::default(),
+            cdi_dir: PathBuf::from(DEFAULT_CDI_DIR),
         }
     }
 }

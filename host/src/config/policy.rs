@@ -1,0 +1,246 @@
+//! A guest's policy: the operator's file beside the guest (`<name>.policy.json`) that
+//! says what the guest may touch and how much it may consume.
+//!
+//! Deny by default: a guest without a policy may read nothing, hand out nothing and
+//! advertise nothing. The policy is the host's, never the guest's: the guest's own
+//! configuration (`<name>.json`) goes to the guest and cannot widen its grant.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::grant::Grant;
+use crate::runtime::GuestLimits;
+
+/// File name suffix of a guest's policy (`nvidia-gpu.policy.json`).
+pub const POLICY_SUFFIX: &str = "policy.json";
+/// Largest linear memory a policy may grant.
+pub const MAX_MEMORY_MIB: u64 = 1024;
+/// Longest CPU-time deadline a policy may set (the kubelet waits 30 s for pre-start).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a policy file was refused (the guest is then not loaded).
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read the policy: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A parsed, checked policy.
+#[derive(Debug, Clone, Default)]
+pub struct GuestPolicy {
+    pub grant: Grant,
+    pub limits: GuestLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    read: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    mounts: Vec<String>,
+    #[serde(default)]
+    resource_prefixes: Vec<String>,
+    #[serde(default)]
+    cdi_kinds: Vec<String>,
+    #[serde(default)]
+    kmsg: bool,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(rename = "memoryMiB")]
+    memory_mib: Option<u64>,
+    #[serde(default)]
+    deadlines_ms: BTreeMap<String, u64>,
+}
+
+impl GuestPolicy {
+    /// The policy beside `wasm` (`<name>.policy.json`), or the deny-everything policy
+    /// (with `defaults` as limits) when there is none.
+    pub fn for_guest(
+        wasm: &Path,
+        defaults: &GuestLimits,
+    ) -> Result<Option<GuestPolicy>, PolicyError> {
+        let path = policy_path(wasm);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, defaults)
+                .map(Some)
+                .map_err(|reason| PolicyError::Invalid { path, reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(PolicyError::Read { path, source }),
+        }
+    }
+
+    /// Parses and checks policy text; the error names the bad field.
+    pub fn parse(text: &str, defaults: &GuestLimits) -> Result<GuestPolicy, String> {
+        let file: PolicyFile =
+            serde_json::from_str(text).map_err(|e| format!("invalid policy: {e}"))?;
+        let read_roots = file
+            .read
+            .iter()
+            .map(|p| node_path("read", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        for pattern in &file.devices {
+            if !pattern.starts_with("/dev/") || pattern.contains("/../") || pattern.ends_with("/..")
+            {
+                return Err(format!(
+                    "devices: {pattern:?} must be a pattern under /dev/"
+                ));
+            }
+        }
+        let mount_roots = file
+            .mounts
+            .iter()
+            .map(|p| node_path("mounts", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        for prefix in &file.resource_prefixes {
+            if !prefix.contains('/') || prefix.starts_with('/') {
+                return Err(format!(
+                    "resourcePrefixes: {prefix:?} must look like vendor.com/"
+                ));
+            }
+        }
+        for kind in &file.cdi_kinds {
+            if !crate::resource::answer::is_qualified_cdi_name(&format!("{kind}=x")) {
+                return Err(format!(
+                    "cdiKinds: {kind:?} must look like vendor.com/class"
+                ));
+            }
+        }
+        let mut limits = defaults.clone();
+        if let Some(mib) = file.limits.memory_mib {
+            if mib == 0 || mib > MAX_MEMORY_MIB {
+                return Err(format!(
+                    "limits.memoryMiB: {mib} must be between 1 and {MAX_MEMORY_MIB}"
+                ));
+            }
+            limits.memory_bytes = (mib << 20) as usize;
+        }
+        for (export, ms) in &file.limits.deadlines_ms {
+            let d = Duration::from_millis(*ms);
+            if d.is_zero() || d > MAX_DEADLINE {
+                return Err(format!(
+                    "limits.deadlinesMs.{export}: {ms} must be between 1 and 30000"
+                ));
+            }
+            let slot = match export.as_str() {
+                "configure" => &mut limits.deadlines.configure,
+                "enumerate" => &mut limits.deadlines.enumerate,
+                "allocate" => &mut limits.deadlines.allocate,
+                "preferredAllocation" => &mut limits.deadlines.preferred_allocation,
+                "preStart" => &mut limits.deadlines.pre_start,
+                other => {
+                    return Err(format!(
+                        "limits.deadlinesMs: unknown export {other:?} (configure, enumerate, allocate, preferredAllocation, preStart)"
+                    ));
+                }
+            };
+            *slot = d;
+        }
+        Ok(GuestPolicy {
+            grant: Grant {
+                read_roots,
+                device_patterns: file.devices,
+                mount_roots,
+                resource_prefixes: file.resource_prefixes,
+                cdi_kinds: file.cdi_kinds,
+                kmsg: file.kmsg,
+            },
+            limits,
+        })
+    }
+}
+
+/// `<dir>/<name>.policy.json` for `<dir>/<name>.wasm`.
+pub fn policy_path(wasm: &Path) -> PathBuf {
+    wasm.with_extension(POLICY_SUFFIX)
+}
+
+fn node_path(field: &str, p: &str) -> Result<PathBuf, String> {
+    let path = Path::new(p);
+    let clean = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if clean {
+        Ok(path.to_owned())
+    } else {
+        Err(format!(
+            "{field}: {p:?} must be an absolute path without '.' or '..'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_policy() {
+        let text = r#"{
+            "read": ["/sys", "/proc/driver/nvidia"],
+            "devices": ["/dev/nvidia*"],
+            "mounts": ["/usr/lib/nvidia"],
+            "resourcePrefixes": ["nvidia.com/"],
+            "cdiKinds": ["nvidia.com/gpu"],
+            "kmsg": true,
+            "limits": { "memoryMiB": 32, "deadlinesMs": { "allocate": 500 } }
+        }"#;
+        let p = GuestPolicy::parse(text, &GuestLimits::default()).unwrap();
+        assert_eq!(
+            p.grant.read_roots,
+            vec![PathBuf::from("/sys"), PathBuf::from("/proc/driver/nvidia")]
+        );
+        assert!(p.grant.allows_device("/dev/nvidia3") && p.grant.kmsg);
+        assert_eq!(p.limits.memory_bytes, 32 << 20);
+        assert_eq!(p.limits.deadlines.allocate, Duration::from_millis(500));
+        assert_eq!(
+            p.limits.deadlines.enumerate,
+            GuestLimits::default().deadlines.enumerate
+        );
+    }
+
+    #[test]
+    fn an_empty_policy_grants_nothing() {
+        let p = GuestPolicy::parse("{}", &GuestLimits::default()).unwrap();
+        assert_eq!(p.grant, Grant::none());
+    }
+
+    #[test]
+    fn errors_name_the_bad_field() {
+        for (text, field) in [
+            (r#"{"read": ["sys"]}"#, "read"),
+            (r#"{"read": ["/sys/../etc"]}"#, "read"),
+            (r#"{"devices": ["/etc/passwd"]}"#, "devices"),
+            (r#"{"mounts": ["relative"]}"#, "mounts"),
+            (r#"{"resourcePrefixes": ["nvidia"]}"#, "resourcePrefixes"),
+            (r#"{"cdiKinds": ["gpu"]}"#, "cdiKinds"),
+            (r#"{"limits": {"memoryMiB": 0}}"#, "memoryMiB"),
+            (
+                r#"{"limits": {"deadlinesMs": {"allocate": 60000}}}"#,
+                "allocate",
+            ),
+            (r#"{"limits": {"deadlinesMs": {"bogus": 5}}}"#, "bogus"),
+            (r#"{"write": true}"#, "write"),
+        ] {
+            let err = GuestPolicy::parse(text, &GuestLimits::default()).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+}

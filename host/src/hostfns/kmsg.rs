@@ -1,0 +1,144 @@
+//! `kmsg` interface: new kernel log lines matching a guest's filter.
+//!
+//! Reads `/dev/kmsg` under the host root. On a node each `read` returns one record
+//! (`prio,seq,usec,flags;message`, continuation lines start with a space); in fixture
+//! trees the same records are lines of a plain file. The guest's cursor (the last
+//! sequence number handed out) survives instance rebuilds, so an XID is reported once.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::Ordering;
+
+use super::NodeAccess;
+use crate::wit::latest::kmsg::Host;
+use crate::wit::latest::types::Error as WitError;
+
+/// The cursor before the first call.
+pub const NOTHING_SEEN: i64 = -1;
+/// Lines returned per call at most.
+pub const MAX_LINES: usize = 256;
+/// Longest line returned, in bytes.
+pub const MAX_LINE_BYTES: usize = 1024;
+/// The most bytes read per call (the kernel's buffer is typically 256 KiB – 1 MiB).
+const MAX_READ_BYTES: usize = 4 << 20;
+const KMSG: &str = "dev/kmsg";
+
+impl Host for NodeAccess {
+    fn read_new(&mut self, filter: String) -> Result<Vec<String>, WitError> {
+        if !self.grant().kmsg {
+            return Err(WitError::Denied(format!(
+                "guest {} is not granted the kernel log (kmsg)",
+                self.guest()
+            )));
+        }
+        let path = self.resolver().host_root().join(KMSG);
+        let text =
+            read_records(&path).map_err(|e| WitError::Io(format!("cannot read /dev/kmsg: {e}")))?;
+        let seen = self.kmsg_seen.load(Ordering::Relaxed);
+        let mut newest = seen;
+        let mut lines = Vec::new();
+        for (seq, message) in text.lines().filter_map(parse_record) {
+            if seq <= seen {
+                continue;
+            }
+            newest = newest.max(seq);
+            if message.contains(filter.as_str()) && lines.len() < MAX_LINES {
+                lines.push(super::log::truncate(message, MAX_LINE_BYTES));
+            }
+        }
+        self.kmsg_seen.store(newest, Ordering::Relaxed);
+        Ok(lines)
+    }
+}
+
+/// Reads everything available without blocking: record by record from `/dev/kmsg`
+/// (which ends with `EAGAIN`), or the whole of a plain file.
+fn read_records(path: &std::path::Path) -> std::io::Result<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_nonblock())
+        .open(path)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while out.len() < MAX_READ_BYTES {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // EPIPE: the record we were about to read was overwritten; the next read
+            // continues with the oldest one still there.
+            Err(e) if e.raw_os_error() == Some(32) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `O_NONBLOCK` on Linux.
+const fn libc_nonblock() -> i32 {
+    0o4000
+}
+
+/// `prio,seq,usec,flags[,...];message` → (seq, message). Continuation lines (` KEY=v`)
+/// and anything malformed yield nothing.
+fn parse_record(line: &str) -> Option<(i64, &str)> {
+    if line.starts_with(' ') {
+        return None;
+    }
+    let (header, message) = line.split_once(';')?;
+    let seq = header.split(',').nth(1)?.parse().ok()?;
+    Some((seq, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::Grant;
+    use std::sync::Arc;
+
+    fn access(root: &std::path::Path, kmsg: bool) -> NodeAccess {
+        let grant = Grant {
+            kmsg,
+            ..Grant::none()
+        };
+        NodeAccess::new("t", root, Arc::new(grant), "/var/run/cdi")
+    }
+
+    #[test]
+    fn hands_out_each_matching_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let kmsg = dir.path().join("dev/kmsg");
+        std::fs::write(
+            &kmsg,
+            "4,100,5,-;NVRM: Xid (PCI:0000:18:00): 79, pid=1, GPU has fallen off the bus.\n SUBSYSTEM=pci\n6,101,6,-;eth0: link up\n",
+        )
+        .unwrap();
+        let mut a = access(dir.path(), true);
+        let first = a.read_new("NVRM: Xid".into()).unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(first[0].contains("79"));
+        assert!(
+            a.read_new("NVRM: Xid".into()).unwrap().is_empty(),
+            "nothing new"
+        );
+        let mut more = std::fs::read_to_string(&kmsg).unwrap();
+        more.push_str("4,102,7,-;NVRM: Xid (PCI:0000:2a:00): 48, pid=2, DBE\n");
+        std::fs::write(&kmsg, more).unwrap();
+        // A rebuilt instance shares the cursor.
+        let mut rebuilt = a.clone();
+        let second = rebuilt.read_new("NVRM: Xid".into()).unwrap();
+        assert_eq!(second.len(), 1);
+        assert!(second[0].contains("48"));
+    }
+
+    #[test]
+    fn needs_the_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            access(dir.path(), false).read_new("x".into()),
+            Err(WitError::Denied(_))
+        ));
+    }
+}
