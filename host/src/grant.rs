@@ -23,6 +23,9 @@ pub struct Grant {
     pub cdi_kinds: Vec<String>,
     /// Whether the guest may read the kernel log.
     pub kmsg: bool,
+    /// sysfs attributes the guest may write, as patterns on the path it names
+    /// (`/sys/bus/pci/devices/*/reset`).
+    pub write_patterns: Vec<String>,
 }
 
 impl Grant {
@@ -51,6 +54,11 @@ impl Grant {
         self.resource_prefixes
             .iter()
             .any(|p| resource.starts_with(p.as_str()))
+    }
+
+    /// May the guest write the sysfs attribute `path` (as the guest named it)?
+    pub fn allows_write(&self, path: &str) -> bool {
+        self.write_patterns.iter().any(|p| glob(p, path))
     }
 
     /// May the guest write CDI specs of `kind`?
@@ -104,6 +112,7 @@ mod tests {
         assert!(!g.allows_resource("example.com/x"));
         assert!(!g.allows_cdi_kind("example.com/x"));
         assert!(!g.kmsg);
+        assert!(!g.allows_write("/sys/bus/pci/devices/0000:18:00.0/reset"));
     }
 
     #[test]

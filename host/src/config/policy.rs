@@ -58,6 +58,8 @@ struct PolicyFile {
     #[serde(default)]
     kmsg: bool,
     #[serde(default)]
+    write: Vec<String>,
+    #[serde(default)]
     limits: LimitsFile,
 }
 
@@ -123,6 +125,13 @@ impl GuestPolicy {
                 ));
             }
         }
+        for pattern in &file.write {
+            if !pattern.starts_with("/sys/") || pattern.split('/').any(|c| c == ".." || c == ".") {
+                return Err(format!(
+                    "write: {pattern:?} must be a pattern under /sys/ without '.' or '..'"
+                ));
+            }
+        }
         let mut limits = defaults.clone();
         if let Some(mib) = file.limits.memory_mib {
             if mib == 0 || mib > MAX_MEMORY_MIB {
@@ -161,6 +170,7 @@ impl GuestPolicy {
                 resource_prefixes: file.resource_prefixes,
                 cdi_kinds: file.cdi_kinds,
                 kmsg: file.kmsg,
+                write_patterns: file.write,
             },
             limits,
         })
@@ -237,7 +247,9 @@ mod tests {
                 "allocate",
             ),
             (r#"{"limits": {"deadlinesMs": {"bogus": 5}}}"#, "bogus"),
-            (r#"{"write": true}"#, "write"),
+            (r#"{"write": ["/dev/sda"]}"#, "write"),
+            (r#"{"write": ["/sys/../etc/x"]}"#, "write"),
+            (r#"{"writes": true}"#, "writes"),
         ] {
             let err = GuestPolicy::parse(text, &GuestLimits::default()).unwrap_err();
             assert!(err.contains(field), "{text}: {err}");

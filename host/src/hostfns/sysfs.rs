@@ -10,6 +10,10 @@ use crate::wit::latest::types::Error as WitError;
 /// Largest file a guest may read in one call. sysfs attributes are at most a page;
 /// procfs tables such as `/proc/devices` are a few KiB.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// Largest write to a sysfs attribute (a page).
+pub const MAX_WRITE_BYTES: usize = 4096;
+/// `O_NOFOLLOW` on Linux: the attribute itself must not be a link.
+const O_NOFOLLOW: i32 = 0o400000;
 /// Most entries one `list-dir` returns (a large node has a few hundred PCI functions).
 pub const MAX_DIR_ENTRIES: usize = 16 * 1024;
 
@@ -66,6 +70,37 @@ impl Host for NodeAccess {
         }
         names.sort();
         Ok(names)
+    }
+
+    fn write_file(&mut self, path: String, content: String) -> Result<(), WitError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let lexical_ok = !path.split('/').any(|c| c == ".." || c == ".");
+        if !lexical_ok || !self.grant().allows_write(&path) {
+            return Err(WitError::Denied(format!(
+                "guest {} may not write {path}; grant it in the policy's write list",
+                self.guest()
+            )));
+        }
+        if content.len() > MAX_WRITE_BYTES {
+            return Err(WitError::InvalidArgument(format!(
+                "{} bytes for {path}; sysfs attributes take at most {MAX_WRITE_BYTES}",
+                content.len()
+            )));
+        }
+        // Resolved without the read grant: the write grant already names the attribute.
+        let resolver =
+            super::resolver::Resolver::new(self.resolver().host_root(), vec!["/sys".into()]);
+        let resolved = resolver.resolve(&path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(&resolved.host)
+            .map_err(|e| WitError::Io(format!("cannot open {path} for writing: {e}")))?;
+        file.write_all(content.as_bytes())
+            .map_err(|e| WitError::Io(format!("writing {path} failed: {e}")))?;
+        tracing::info!(guest = self.guest(), path, "sysfs attribute written");
+        Ok(())
     }
 
     fn read_link(&mut self, path: String) -> Result<String, WitError> {
@@ -129,5 +164,55 @@ mod tests {
             a.read_link("/sys/class/x/a".into()),
             Err(WitError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn device_nodes_are_never_read_as_files() {
+        let (d, mut a) = access();
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        std::fs::write(d.path().join("dev/mem"), "secret").unwrap();
+        assert!(matches!(
+            a.read_file("/dev/mem".into()),
+            Err(WitError::Denied(_))
+        ));
+        assert!(matches!(
+            a.list_dir("/dev".into()),
+            Err(WitError::Denied(_))
+        ));
+    }
+
+    #[test]
+    fn writes_need_a_matching_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("sys/devices/pci0000:15/0000:18:00.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("reset"), "").unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../devices/pci0000:15/0000:18:00.0",
+            dir.path().join("sys/bus/pci/devices/0000:18:00.0"),
+        )
+        .unwrap();
+        let grant = crate::grant::Grant {
+            write_patterns: vec!["/sys/bus/pci/devices/*/reset".into()],
+            ..crate::grant::Grant::none()
+        };
+        let mut a = NodeAccess::new("t", dir.path(), std::sync::Arc::new(grant), "/var/run/cdi");
+        a.write_file("/sys/bus/pci/devices/0000:18:00.0/reset".into(), "1".into())
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(dev.join("reset")).unwrap(), "1");
+        for denied in [
+            "/sys/bus/pci/devices/0000:18:00.0/remove",
+            "/sys/bus/pci/devices/0000:18:00.0/../0000:18:00.0/reset",
+            "/sys/devices/pci0000:15/0000:18:00.0/reset",
+        ] {
+            let result = a.write_file(denied.into(), "1".into());
+            assert!(
+                matches!(result, Err(WitError::Denied(_))),
+                "{denied}: {result:?}"
+            );
+        }
+        let missing = a.write_file("/sys/bus/pci/devices/0000:99:00.0/reset".into(), "1".into());
+        assert!(matches!(missing, Err(WitError::NotFound(_))), "{missing:?}");
     }
 }
