@@ -111,12 +111,8 @@ async fn invalid_resource_names_are_never_registered() {
         .map(|r| r.request.resource_name.clone())
         .collect();
     assert_eq!(names, vec![WIDGET.to_string()]);
-    let reasons: Vec<&str> = h
-        .host()
-        .skipped()
-        .iter()
-        .map(|s| s.reason.as_str())
-        .collect();
+    let skipped = h.host().skipped();
+    let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons

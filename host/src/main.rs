@@ -1,12 +1,13 @@
 //! The `wasm-device-plugin` binary: `run` on a node, `demo` against a simulated one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
 use wasm_device_plugin::node::Node;
+use wasm_device_plugin::runtime::signature;
 
 #[cfg(feature = "demo")]
 mod demo;
@@ -44,6 +45,22 @@ enum Command {
     /// print what the kubelet sees: registration, device lists, an allocation.
     #[cfg(feature = "demo")]
     Demo,
+    /// Create an Ed25519 key pair for signing guests: <out>.key (secret, mode 0600)
+    /// and <out>.pub (a line for the host's --trusted-keys file).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a guest: writes <guest>.wasm.sig, which the host checks against its
+    /// --trusted-keys before loading the guest.
+    Sign {
+        /// The secret key file from `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The guest to sign.
+        guest: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -60,6 +77,20 @@ struct RunArgs {
     /// Seconds between device re-enumerations; only changes reach the kubelet.
     #[arg(long, env = "WDP_RESCAN_SECONDS", default_value_t = 5.0)]
     rescan_seconds: f64,
+    /// Seconds between checks of the guests directory for changes (hot reload).
+    #[arg(long, env = "WDP_RELOAD_SECONDS", default_value_t = 1.0)]
+    reload_seconds: f64,
+    /// Host-private directory for compiled guests, so restarts skip compilation
+    /// (use an emptyDir; never a directory others can write).
+    #[arg(long, env = "WDP_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// File of trusted Ed25519 public keys (hex, one per line); when set, only guests
+    /// with a valid <name>.wasm.sig load.
+    #[arg(long, env = "WDP_TRUSTED_KEYS")]
+    trusted_keys: Option<PathBuf>,
+    /// Node directory for CDI specs written by guests.
+    #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
+    cdi_dir: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +109,48 @@ fn main() -> anyhow::Result<()> {
             init_logging(cli.log_format, "off");
             runtime.block_on(demo::run())
         }
+        Command::Keygen { out } => keygen(&out),
+        Command::Sign { key, guest } => sign(&key, &guest),
     }
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, public) = signature::generate().context("cannot read system randomness")?;
+    let secret_path = out.with_extension("key");
+    let public_path = out.with_extension("pub");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_path)
+        .and_then(|mut f| writeln!(f, "{secret}"))
+        .with_context(|| format!("cannot create {}", secret_path.display()))?;
+    std::fs::write(&public_path, format!("{public}\n"))
+        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    println!(
+        "secret key: {} (keep it off the nodes)",
+        secret_path.display()
+    );
+    println!(
+        "public key: {} (add its line to the host's --trusted-keys file)",
+        public_path.display()
+    );
+    Ok(())
+}
+
+fn sign(key: &Path, guest: &Path) -> anyhow::Result<()> {
+    let secret =
+        std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let bytes = std::fs::read(guest).with_context(|| format!("cannot read {}", guest.display()))?;
+    let sig =
+        signature::sign(&secret, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let sig_path = signature::signature_path(guest);
+    std::fs::write(&sig_path, format!("{sig}\n"))
+        .with_context(|| format!("cannot write {}", sig_path.display()))?;
+    println!("{}", sig_path.display());
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -98,8 +170,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.rescan_seconds.is_finite() && args.rescan_seconds >= 0.1,
         "--rescan-seconds must be at least 0.1"
     );
+    anyhow::ensure!(
+        args.reload_seconds.is_finite() && args.reload_seconds >= 0.1,
+        "--reload-seconds must be at least 0.1"
+    );
     let mut config = HostConfig::new(&args.host_root, &args.guests_dir, &args.device_plugin_dir);
     config.rescan_interval = Duration::from_secs_f64(args.rescan_seconds);
+    config.reload_interval = Duration::from_secs_f64(args.reload_seconds);
+    config.cache_dir = args.cache_dir;
+    config.trusted_keys = args.trusted_keys;
+    config.cdi_dir = args.cdi_dir;
     tracing::info!(
         host_root = %args.host_root.display(),
         guests = %args.guests_dir.display(),

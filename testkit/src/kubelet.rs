@@ -507,10 +507,13 @@ impl RegistrationService for RegistrationHandler {
                 },
             );
             *state.streams_opened.entry(resource.clone()).or_default() += 1;
+            // Recorded before the stream starts, so that nobody sees devices of a
+            // registration that is not on record yet.
+            state.registrations.push(registration);
             let stream = tokio::spawn(consume(self.shared.clone(), resource.clone(), client));
             state.streams.insert(resource, stream);
         }
-        self.record(registration);
+        self.shared.changed.notify_waiters();
         Ok(Response::new(pb::Empty {}))
     }
 }

@@ -107,13 +107,19 @@ impl Harness {
         let mut config = HostConfig::new(self.node.root(), &self.guests_dir, &self.plugin_dir);
         config.rescan_interval = Duration::from_millis(100);
         config.kubelet.poll_interval = Duration::from_millis(50);
+        config.reload_interval = Duration::from_millis(100);
         config.limits.deadlines = self.deadlines.clone();
         config
     }
 
     /// Starts the host and returns it.
     pub async fn start_host(&mut self) -> &Node {
-        let node = Node::start(self.config()).await.expect("host starts");
+        self.start_host_with(self.config()).await
+    }
+
+    /// Starts the host with a configuration the test adjusted (from [`Harness::config`]).
+    pub async fn start_host_with(&mut self, config: HostConfig) -> &Node {
+        let node = Node::start(config).await.expect("host starts");
         self.host.insert(node)
     }
 

@@ -1,7 +1,8 @@
 //! The allocation answer for a class, and the faults that break it on purpose.
 
 use crate::faults::Fault;
-use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec};
+use crate::wdp::device_plugin::cdi;
+use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error};
 
 /// One answer per container: its device nodes, an `<CLASS>_IDS` variable, an annotation
 /// and fully qualified CDI names, so that tests can check every field crosses the host.
@@ -35,6 +36,38 @@ pub fn allocate(class: &str, containers: &[Vec<String>]) -> Vec<ContainerAllocat
         .collect()
 }
 
+/// Writes a CDI spec for the class naming every requested device's node, then puts the
+/// names the host returned into the answer (the runtime needs the spec before the names).
+pub fn write_cdi_spec(
+    class: &str,
+    containers: &[Vec<String>],
+    answer: &mut [ContainerAllocation],
+) -> Result<(), Error> {
+    let kind = format!("example.com/{class}");
+    let devices: Vec<String> = containers
+        .iter()
+        .flatten()
+        .map(|id| {
+            format!(
+                r#"{{"name":"{id}","containerEdits":{{"deviceNodes":[{{"path":"/dev/{class}/{id}"}}]}}}}"#
+            )
+        })
+        .collect();
+    let spec = format!(
+        r#"{{"cdiVersion":"0.6.0","kind":"{kind}","devices":[{}]}}"#,
+        devices.join(",")
+    );
+    let written = cdi::write_spec(&spec)?;
+    for (container, ids) in answer.iter_mut().zip(containers) {
+        container.cdi_devices = ids
+            .iter()
+            .map(|id| format!("{kind}={id}"))
+            .filter(|name| written.contains(name))
+            .collect();
+    }
+    Ok(())
+}
+
 /// The class as an environment-variable word: upper case, other characters as `_`.
 fn env_word(class: &str) -> String {
     class
@@ -62,6 +95,13 @@ pub fn break_answer(answer: &mut Vec<ContainerAllocation>, fault: Fault) {
         Fault::WrongCount => {
             answer.pop();
         }
+        Fault::ForeignDevice => specs.for_each(|d| {
+            d.host_path = "/dev/sda".into();
+            d.container_path = "/dev/sda".into();
+        }),
+        Fault::Huge => answer
+            .iter_mut()
+            .for_each(|c| c.envs.push(("HUGE".into(), "x".repeat(5 << 20)))),
         _ => {}
     }
 }

@@ -10,6 +10,8 @@ use crate::wdp::device_plugin::types::Error;
 pub struct Config {
     pub resources: Vec<Resource>,
     pub faults: Faults,
+    /// The path the `probe` fault reads.
+    pub probe: Option<String>,
 }
 
 impl Default for Config {
@@ -21,8 +23,10 @@ impl Default for Config {
                 class: "widget".into(),
                 pre_start_required: false,
                 preferred_allocation: false,
+                write_cdi_spec: false,
             }],
             faults: Faults::default(),
+            probe: None,
         }
     }
 }
@@ -38,6 +42,10 @@ pub struct Resource {
     pub pre_start_required: bool,
     #[serde(default)]
     pub preferred_allocation: bool,
+    /// Write a CDI spec (kind `example.com/<class>`) through the host before answering
+    /// an allocation, and answer with the names the host returned.
+    #[serde(default)]
+    pub write_cdi_spec: bool,
 }
 
 /// Per export, the fault to inject (none by default).
@@ -77,8 +85,12 @@ impl Config {
         ];
         for (export, fault, allocate_ok, prefer_ok) in checks {
             let Some(fault) = fault else { continue };
+            let listing_ok = export == "listDevices";
+            let huge_ok = export == "listDevices" || export == "allocate";
             if (fault.breaks_allocate() && !allocate_ok)
                 || (fault.breaks_preference() && !prefer_ok)
+                || (fault.breaks_listing() && !listing_ok)
+                || (fault == Fault::Huge && !huge_ok)
             {
                 return Err(Error::InvalidConfig(format!(
                     "conformance configuration: fault {fault:?} cannot be injected into `{export}`"

@@ -30,6 +30,17 @@ pub fn list(class: &str) -> Result<Vec<Device>, Error> {
     Ok(devices)
 }
 
+/// 20,000 healthy devices: more than the host accepts in one list.
+pub fn huge() -> Vec<Device> {
+    (0..20_000)
+        .map(|i| Device {
+            id: format!("huge-{i}"),
+            health: Health::Healthy,
+            numa_nodes: Vec::new(),
+        })
+        .collect()
+}
+
 /// The device's NUMA node; none when the file is missing, says -1 or is not a number.
 pub fn numa_node(class: &str, id: &str) -> Option<u32> {
     let text = sysfs::read_file(&format!("/sys/class/{class}/{id}/numa_node")).ok()?;

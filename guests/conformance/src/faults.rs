@@ -15,6 +15,17 @@ pub enum Fault {
     Loop,
     /// Allocate memory until allocation fails (the host's memory limit must stop it).
     Grow,
+    /// Recurse without end (the guest's stack must run out, not the host's).
+    Recurse,
+    /// Read the configured `probe` path and fail with what the host said (or with
+    /// "probe succeeded" when the host let it through).
+    Probe,
+    // List and allocate: answers too big to accept.
+    /// 20,000 devices; or an environment variable of 5 MiB.
+    Huge,
+    // List only.
+    /// The same ID twice.
+    DuplicateIds,
     // Allocate only: answers that break the contract.
     /// Device specs with permissions `rwx`.
     BadPermissions,
@@ -26,6 +37,8 @@ pub enum Fault {
     BadCdi,
     /// Device specs whose host path `/dev/does-not-exist` does not exist.
     MissingHostPath,
+    /// Device specs handing out `/dev/sda`, a node outside any widget grant.
+    ForeignDevice,
     // Preferred allocation only.
     /// An ID that is not among the available ones.
     Outside,
@@ -42,7 +55,12 @@ impl Fault {
                 | Fault::WrongCount
                 | Fault::BadCdi
                 | Fault::MissingHostPath
+                | Fault::ForeignDevice
         )
+    }
+
+    pub fn breaks_listing(self) -> bool {
+        matches!(self, Fault::DuplicateIds)
     }
 
     pub fn breaks_preference(self) -> bool {
@@ -52,7 +70,7 @@ impl Fault {
 
 /// Acts out the faults that replace a call's work; answer-breaking ones are left to the
 /// export that builds the answer.
-pub fn inject(fault: Option<Fault>) -> Result<(), Error> {
+pub fn inject(fault: Option<Fault>, probe: Option<&str>) -> Result<(), Error> {
     match fault {
         Some(Fault::Error) => Err(Error::Other("injected fault".into())),
         Some(Fault::Trap) => panic!("injected trap"),
@@ -60,8 +78,29 @@ pub fn inject(fault: Option<Fault>) -> Result<(), Error> {
             core::hint::black_box(());
         },
         Some(Fault::Grow) => grow(),
+        Some(Fault::Recurse) => {
+            recurse(core::hint::black_box(1));
+            Ok(())
+        }
+        Some(Fault::Probe) => {
+            let path = probe.unwrap_or("/");
+            match crate::wdp::device_plugin::sysfs::read_file(path) {
+                Ok(text) => Err(Error::Other(format!(
+                    "probe {path} succeeded: {} bytes",
+                    text.len()
+                ))),
+                Err(e) => Err(e),
+            }
+        }
         _ => Ok(()),
     }
+}
+
+/// Recursion the optimiser cannot remove: each frame keeps a live buffer.
+#[allow(unconditional_recursion)] // on purpose: the fault is a stack overflow
+fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 64]);
+    frame[0] + recurse(depth + 1)
 }
 
 /// Holds on to 1 MiB blocks until the allocator fails, which aborts (traps) the instance.

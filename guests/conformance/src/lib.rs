@@ -22,7 +22,7 @@ use wdp::device_plugin::types::{
 };
 
 use config::{Config, Resource};
-use faults::inject;
+use faults::{Fault, inject};
 
 thread_local! {
     /// The configuration `configure` accepted. A component instance is single-threaded
@@ -55,13 +55,14 @@ impl Guest for Conformance {
     fn configure(text: String) -> Result<(), Error> {
         let parsed = Config::parse(&text)?;
         let fault = parsed.faults.configure;
+        let probe = parsed.probe.clone();
         CONFIG.with(|c| *c.borrow_mut() = parsed);
-        inject(fault)
+        inject(fault, probe.as_deref())
     }
 
     fn resources() -> Result<Vec<ResourceSpec>, Error> {
         let config = config();
-        inject(config.faults.resources)?;
+        inject(config.faults.resources, config.probe.as_deref())?;
         // Names pass through unchecked: refusing invalid ones is the host's job.
         Ok(config
             .resources
@@ -78,8 +79,18 @@ impl Guest for Conformance {
 
     fn list_devices(name: String) -> Result<Vec<Device>, Error> {
         let config = config();
-        inject(config.faults.list_devices)?;
-        devices::list(&resource(&config, &name)?.class)
+        inject(config.faults.list_devices, config.probe.as_deref())?;
+        let mut devices = devices::list(&resource(&config, &name)?.class)?;
+        match config.faults.list_devices {
+            Some(Fault::Huge) => devices = devices::huge(),
+            Some(Fault::DuplicateIds) => {
+                if let Some(first) = devices.first().cloned() {
+                    devices.push(first);
+                }
+            }
+            _ => {}
+        }
+        Ok(devices)
     }
 
     fn allocate(
@@ -87,9 +98,12 @@ impl Guest for Conformance {
         containers: Vec<Vec<String>>,
     ) -> Result<Vec<ContainerAllocation>, Error> {
         let config = config();
-        inject(config.faults.allocate)?;
+        inject(config.faults.allocate, config.probe.as_deref())?;
         let resource = resource(&config, &name)?;
         let mut answer = allocate::allocate(&resource.class, &containers);
+        if resource.write_cdi_spec {
+            allocate::write_cdi_spec(&resource.class, &containers, &mut answer)?;
+        }
         if let Some(fault) = config.faults.allocate {
             allocate::break_answer(&mut answer, fault);
         }
@@ -98,7 +112,7 @@ impl Guest for Conformance {
 
     fn preferred_allocation(name: String, request: PreferredRequest) -> Result<Vec<String>, Error> {
         let config = config();
-        inject(config.faults.preferred_allocation)?;
+        inject(config.faults.preferred_allocation, config.probe.as_deref())?;
         let resource = resource(&config, &name)?;
         let mut answer = prefer::preferred(&request, |id| devices::numa_node(&resource.class, id));
         if let Some(fault) = config.faults.preferred_allocation {
@@ -109,7 +123,7 @@ impl Guest for Conformance {
 
     fn pre_start(name: String, device_ids: Vec<String>) -> Result<(), Error> {
         let config = config();
-        inject(config.faults.pre_start)?;
+        inject(config.faults.pre_start, config.probe.as_deref())?;
         resource(&config, &name)?;
         log::log(
             LogLevel::Info,

@@ -14,6 +14,8 @@ pub const DEFAULT_GUESTS_DIR: &str = "/etc/wasm-device-plugin/guests";
 /// Where CDI specs go on a node (the runtime also reads `/etc/cdi`; that one is the
 /// administrator's).
 pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
+/// How often the guests directory is checked for changes by default.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// How often devices are re-enumerated by default.
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -32,6 +34,12 @@ pub struct HostConfig {
     pub limits: GuestLimits,
     /// Node directory where guests' CDI specs are written.
     pub cdi_dir: PathBuf,
+    /// How often the guests directory is checked for changes (hot reload).
+    pub reload_interval: Duration,
+    /// Host-private directory for compiled guests (none: compile at every start).
+    pub cache_dir: Option<PathBuf>,
+    /// File of Ed25519 public keys; when set, only guests signed by one of them load.
+    pub trusted_keys: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -48,6 +56,9 @@ impl HostConfig {
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
             limits: GuestLimits::default(),
             cdi_dir: PathBuf::from(DEFAULT_CDI_DIR),
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+            cache_dir: None,
+            trusted_keys: None,
         }
     }
 }

@@ -68,6 +68,20 @@ impl NodeAccess {
     }
 }
 
+impl From<ResolveError> for WitError {
+    fn from(e: ResolveError) -> Self {
+        let message = e.to_string();
+        match e {
+            ResolveError::NotAbsolute { .. } | ResolveError::Malformed { .. } => {
+                WitError::InvalidArgument(message)
+            }
+            ResolveError::Denied { .. } => WitError::Denied(message),
+            ResolveError::NotFound { .. } => WitError::NotFound(message),
+            ResolveError::Loop { .. } | ResolveError::Io { .. } => WitError::Io(message),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
@@ -82,19 +96,5 @@ pub(crate) mod testing {
             ..Grant::none()
         };
         NodeAccess::new("t", root, Arc::new(grant), "/var/run/cdi")
-    }
-}
-
-impl From<ResolveError> for WitError {
-    fn from(e: ResolveError) -> Self {
-        let message = e.to_string();
-        match e {
-            ResolveError::NotAbsolute { .. } | ResolveError::Malformed { .. } => {
-                WitError::InvalidArgument(message)
-            }
-            ResolveError::Denied { .. } => WitError::Denied(message),
-            ResolveError::NotFound { .. } => WitError::NotFound(message),
-            ResolveError::Loop { .. } | ResolveError::Io { .. } => WitError::Io(message),
-        }
     }
 }

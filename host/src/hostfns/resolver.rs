@@ -365,4 +365,94 @@ mod tests {
             Err(ResolveError::Denied { .. })
         ));
     }
+
+    /// Fuzz-style property check (deterministic, so it runs in every CI build): random
+    /// paths through a random tree of directories and links, some pointing outside the
+    /// grant or the host root. Whatever the input, a resolved path lies inside the grant,
+    /// and opening it cannot follow a link anywhere else (it contains none).
+    #[test]
+    fn random_paths_never_leave_the_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let names = [
+            "a", "b", "c", "granted", "granted", "..", ".", "l0", "l1", "l2", "l3", "etc", "sys",
+        ];
+        let dirs = [
+            "sys",
+            "sys/granted",
+            "sys/granted/a",
+            "sys/granted/a/b",
+            "sys/other",
+            "etc",
+        ];
+        for d in dirs {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            std::fs::write(root.join(d).join("f"), "x").unwrap();
+        }
+        for (i, d) in dirs.iter().enumerate() {
+            for l in 0..4 {
+                let ups = rng.below(6);
+                let mut target = String::new();
+                if rng.below(3) == 0 {
+                    target.push('/');
+                } else {
+                    target.push_str(&"../".repeat(ups as usize));
+                }
+                for _ in 0..rng.below(4) {
+                    target.push_str(names[rng.below(names.len() as u64) as usize]);
+                    target.push('/');
+                }
+                target.push_str(["f", "granted", "a", "etc", ""][rng.below(5) as usize]);
+                let link = root.join(d).join(format!("l{l}"));
+                let _ = std::os::unix::fs::symlink(&target, &link);
+                let _ = i;
+            }
+        }
+        let r = Resolver::new(&root, vec![PathBuf::from("/sys/granted")]);
+        let mut resolved_count = 0;
+        for _ in 0..20_000 {
+            let mut path = String::from(if rng.below(4) == 0 { "/" } else { "/sys/" });
+            for _ in 0..1 + rng.below(7) {
+                path.push_str(names[rng.below(names.len() as u64) as usize]);
+                path.push('/');
+            }
+            if rng.below(2) == 0 {
+                path.push('f');
+            }
+            for resolved in [r.resolve(&path), r.resolve_nofollow(&path)]
+                .into_iter()
+                .flatten()
+            {
+                resolved_count += 1;
+                assert!(
+                    resolved.node.starts_with("/sys/granted"),
+                    "{path} -> {resolved:?}"
+                );
+                assert!(
+                    resolved.host.starts_with(root.join("sys/granted")),
+                    "{path} -> {resolved:?}"
+                );
+            }
+            if let Ok(resolved) = r.resolve(&path) {
+                let real = resolved.host.canonicalize().unwrap();
+                assert_eq!(real, resolved.host, "{path}: the OS would follow a link");
+            }
+        }
+        assert!(
+            resolved_count > 500,
+            "the generator must also reach the grant ({resolved_count})"
+        );
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
 }

@@ -14,6 +14,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Backend: Send + Sync + 'static {
     /// Name used in logs and errors.
     fn name(&self) -> &str;
+    /// Why the backend should not be trusted with allocations right now (it keeps
+    /// faulting), if so; its devices are then reported unhealthy.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
     fn list_devices<'a>(
         &'a self,
         resource: &'a str,
@@ -38,6 +43,10 @@ pub trait Backend: Send + Sync + 'static {
 impl Backend for Guest {
     fn name(&self) -> &str {
         Guest::name(self)
+    }
+
+    fn degraded(&self) -> Option<String> {
+        Guest::degraded(self).map(|call| format!("its {call} export keeps faulting"))
     }
 
     fn list_devices<'a>(

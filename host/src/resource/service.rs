@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 use tokio::sync::watch;
@@ -52,12 +52,18 @@ impl From<GuestError> for ServiceError {
     }
 }
 
+/// The vendor logic behind a resource and what it is allowed, swapped as one on reload.
+#[derive(Clone)]
+struct Vendor {
+    backend: Arc<dyn Backend>,
+    grant: Arc<Grant>,
+}
+
 /// One extended resource, served from one backend.
 pub struct ResourceService {
     spec: ResourceSpec,
-    backend: Arc<dyn Backend>,
+    vendor: RwLock<Vendor>,
     host_root: PathBuf,
-    grant: Arc<Grant>,
     snapshot: watch::Sender<Snapshot>,
     failures: AtomicU32,
 }
@@ -73,9 +79,8 @@ impl ResourceService {
     ) -> Self {
         Self {
             spec,
-            backend,
+            vendor: RwLock::new(Vendor { backend, grant }),
             host_root: host_root.into(),
-            grant,
             snapshot: watch::Sender::new(Snapshot::default()),
             failures: AtomicU32::new(0),
         }
@@ -83,6 +88,21 @@ impl ResourceService {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Serves the resource from a new backend (a reloaded guest) from the next call on;
+    /// calls in flight finish on the old one, which they hold.
+    pub fn replace_backend(&self, backend: Arc<dyn Backend>, grant: Arc<Grant>) {
+        let mut vendor = self.vendor.write().unwrap_or_else(|p| p.into_inner());
+        *vendor = Vendor { backend, grant };
+    }
+
+    /// The backend and grant in force now.
+    fn vendor(&self) -> Vendor {
+        self.vendor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn spec(&self) -> &ResourceSpec {
@@ -103,14 +123,24 @@ impl ResourceService {
     /// [`FAILURES_BEFORE_UNHEALTHY`] failures in a row the devices turn unhealthy.
     /// Returns whether a new snapshot was published.
     pub async fn refresh(&self) -> bool {
-        let listed = self
+        let vendor = self.vendor();
+        let listed = vendor
             .backend
             .list_devices(&self.spec.name)
             .await
             .map_err(|e| e.to_string())
             .and_then(|devices| Snapshot::new(devices, MAX_DEVICES).map_err(|e| e.to_string()));
         match listed {
-            Ok(fresh) => {
+            Ok(mut fresh) => {
+                if let Some(why) = vendor.backend.degraded() {
+                    tracing::warn!(
+                        resource = %self.spec.name,
+                        guest = vendor.backend.name(),
+                        why,
+                        "reporting every device Unhealthy while the guest keeps faulting; it is offered again after a quiet period"
+                    );
+                    fresh = fresh.all_unhealthy();
+                }
                 if self.failures.swap(0, Ordering::Relaxed) >= FAILURES_BEFORE_UNHEALTHY {
                     tracing::info!(resource = %self.spec.name, "device enumeration recovered");
                 }
@@ -127,7 +157,7 @@ impl ResourceService {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     resource = %self.spec.name,
-                    guest = self.backend.name(),
+                    guest = vendor.backend.name(),
                     failures,
                     %error,
                     "device enumeration failed; keeping the last device list"
@@ -136,7 +166,7 @@ impl ResourceService {
                 if failures == FAILURES_BEFORE_UNHEALTHY && listed {
                     tracing::error!(
                         resource = %self.spec.name,
-                        guest = self.backend.name(),
+                        guest = vendor.backend.name(),
                         "enumeration failed {failures} times in a row: reporting every device Unhealthy \
                          until it recovers; check the guest's log lines and configuration"
                     );
@@ -159,6 +189,7 @@ impl ResourceService {
         &self,
         containers: Vec<Vec<String>>,
     ) -> Result<Vec<ContainerAllocation>, ServiceError> {
+        let vendor = self.vendor();
         self.check_ids(containers.iter().flatten(), true)?;
         for ids in &containers {
             let mut seen = HashSet::new();
@@ -170,20 +201,20 @@ impl ResourceService {
             }
         }
         let expected = containers.len();
-        let answer = self.backend.allocate(&self.spec.name, containers).await?;
+        let answer = vendor.backend.allocate(&self.spec.name, containers).await?;
         if answer.len() != expected {
             return Err(ServiceError::Internal(format!(
                 "guest {} answered {} allocations for {expected} containers of {}",
-                self.backend.name(),
+                vendor.backend.name(),
                 answer.len(),
                 self.spec.name
             )));
         }
         for allocation in &answer {
-            answer::check(allocation, &self.host_root, &self.grant).map_err(|e| {
+            answer::check(allocation, &self.host_root, &vendor.grant).map_err(|e| {
                 ServiceError::Internal(format!(
                     "guest {} gave an allocation for {} that was refused: {e}",
-                    self.backend.name(),
+                    vendor.backend.name(),
                     self.spec.name
                 ))
             })?;
@@ -195,13 +226,14 @@ impl ResourceService {
     /// something the kubelet could not use, the answer for that container is empty and
     /// the kubelet chooses by itself.
     pub async fn preferred_allocation(&self, requests: Vec<PreferredRequest>) -> Vec<Vec<String>> {
+        let vendor = self.vendor();
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
             if !self.spec.options.preferred_allocation_available {
                 answers.push(Vec::new());
                 continue;
             }
-            let answer = match self
+            let answer = match vendor
                 .backend
                 .preferred_allocation(&self.spec.name, &request)
                 .await
@@ -209,7 +241,7 @@ impl ResourceService {
                 Ok(ids) => match check_preferred(&request, &ids) {
                     Ok(()) => ids,
                     Err(reason) => {
-                        tracing::warn!(resource = %self.spec.name, guest = self.backend.name(), reason, "ignoring the guest's preferred allocation");
+                        tracing::warn!(resource = %self.spec.name, guest = vendor.backend.name(), reason, "ignoring the guest's preferred allocation");
                         Vec::new()
                     }
                 },
@@ -225,13 +257,14 @@ impl ResourceService {
 
     /// Hands the container's devices to the guest before the container starts.
     pub async fn pre_start(&self, ids: Vec<String>) -> Result<(), ServiceError> {
+        let vendor = self.vendor();
         if !self.spec.options.pre_start_required {
             return Ok(());
         }
         // Pre-start happens on every container (re)start, long after admission, so a
         // device that has since turned unhealthy is still the container's device.
         self.check_ids(ids.iter(), false)?;
-        Ok(self.backend.pre_start(&self.spec.name, ids).await?)
+        Ok(vendor.backend.pre_start(&self.spec.name, ids).await?)
     }
 
     fn check_ids<'a>(

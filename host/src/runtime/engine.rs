@@ -7,7 +7,11 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
+use std::sync::atomic::AtomicU64;
+
+use super::cache::CompileCache;
 use super::limits::GuestLimits;
+use super::signature::TrustedKeys;
 use super::state::GuestState;
 use crate::hostfns::NodeAccess;
 use crate::wit::latest;
@@ -23,6 +27,18 @@ pub struct Runtime {
     pub(crate) limits: GuestLimits,
     pub(crate) host_root: PathBuf,
     pub(crate) cdi_dir: PathBuf,
+    pub(crate) cache: Option<CompileCache>,
+    pub(crate) trusted: Option<TrustedKeys>,
+    pub(crate) stats: Arc<LoadStats>,
+}
+
+/// Counts of how guests were obtained, for logs, metrics and tests.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// Guests compiled from `.wasm`.
+    pub compiled: AtomicU64,
+    /// Guests loaded from the compiled-artifact cache.
+    pub cache_hits: AtomicU64,
 }
 
 impl Runtime {
@@ -66,7 +82,27 @@ impl Runtime {
             limits,
             host_root: host_root.into(),
             cdi_dir: cdi_dir.into(),
+            cache: None,
+            trusted: None,
+            stats: Arc::default(),
         })
+    }
+
+    /// Keeps compiled guests in `cache`, so that a restart does not compile them again.
+    pub fn with_cache(mut self, cache: CompileCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Loads only guests signed by one of `keys`.
+    pub fn with_trusted_keys(mut self, keys: TrustedKeys) -> Self {
+        self.trusted = Some(keys);
+        self
+    }
+
+    /// How guests were obtained so far.
+    pub fn stats(&self) -> Arc<LoadStats> {
+        self.stats.clone()
     }
 
     pub fn limits(&self) -> &GuestLimits {

@@ -7,9 +7,11 @@
 //! from the pre-linked component and calls `configure` again, so a fault costs one call,
 //! never the guest or the host.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use wasmtime::Store;
@@ -46,6 +48,41 @@ pub struct Guest {
     resources: Arc<[ResourceSpec]>,
     limits: Arc<GuestLimits>,
     grant: Arc<Grant>,
+    faults: Arc<FaultRecord>,
+}
+
+/// Consecutive faults (traps, deadlines) per export, for crash-loop detection.
+#[derive(Debug, Default)]
+struct FaultRecord {
+    by_call: Mutex<HashMap<&'static str, (u32, Instant)>>,
+}
+
+/// Faults in a row, of one export, after which the guest counts as degraded.
+pub const FAULTS_BEFORE_DEGRADED: u32 = 3;
+
+impl FaultRecord {
+    fn record(&self, call: &'static str, faulted: bool) {
+        let mut by_call = self.by_call.lock().unwrap_or_else(|p| p.into_inner());
+        if faulted {
+            let entry = by_call.entry(call).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            entry.1 = Instant::now();
+        } else {
+            by_call.remove(call);
+        }
+    }
+
+    /// The export that faulted too often, unless `cooldown` has passed since its last
+    /// fault (then its devices are offered again; one more fault degrades it at once).
+    fn degraded(&self, cooldown: Duration) -> Option<&'static str> {
+        let by_call = self.by_call.lock().unwrap_or_else(|p| p.into_inner());
+        by_call
+            .iter()
+            .find(|(_, (count, last))| {
+                *count >= FAULTS_BEFORE_DEGRADED && last.elapsed() < cooldown
+            })
+            .map(|(call, _)| *call)
+    }
 }
 
 impl std::fmt::Debug for Guest {
@@ -93,6 +130,7 @@ impl Guest {
             resources: Arc::from(Vec::new()),
             limits: Arc::new(policy.limits),
             grant,
+            faults: Arc::default(),
         };
         let budget = guest.limits.deadlines.enumerate;
         let resources = guest
@@ -112,6 +150,12 @@ impl Guest {
     /// What the guest may touch, hand out and advertise.
     pub fn grant(&self) -> &Arc<Grant> {
         &self.grant
+    }
+
+    /// The export that faulted [`FAULTS_BEFORE_DEGRADED`] times in a row, the last time
+    /// within the guest's fault cool-down, if any: its devices should not be offered.
+    pub fn degraded(&self) -> Option<&'static str> {
+        self.faults.degraded(self.limits.fault_cooldown)
     }
 
     /// The resources the guest reported when it started.
@@ -201,7 +245,14 @@ impl Guest {
         }
         drop(_enter);
         match tokio::time::timeout(budget + WALL_CLOCK_GRACE, answer).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                let faulted = matches!(
+                    result,
+                    Err(GuestError::Trap { .. } | GuestError::Deadline { .. })
+                );
+                self.faults.record(call, faulted);
+                result
+            }
             Ok(Err(_)) => Err(self.unavailable("its thread ended during the call".into())),
             Err(_) => Err(GuestError::Deadline {
                 guest: self.name.to_string(),

@@ -13,12 +13,16 @@ pub struct GuestLimits {
     pub table_elements: usize,
     /// Most core instances, tables and memories one component may create. Default 32.
     pub instances: usize,
-    /// Most bytes a guest may pass into one host call. Default 1 MiB.
+    /// Most bytes copied across the boundary in one call, either way (arguments of host
+    /// functions, results of exports). Default 4 MiB, the kubelet's message limit.
     pub hostcall_bytes: usize,
     /// Largest `.wasm` accepted. Default 1 MiB, the size of a ConfigMap.
     pub max_wasm_bytes: u64,
     /// CPU-time budget per export call.
     pub deadlines: CallDeadlines,
+    /// How long a guest that keeps faulting stays degraded (its devices Unhealthy) after
+    /// its last fault. Default 30 s.
+    pub fault_cooldown: Duration,
 }
 
 impl Default for GuestLimits {
@@ -27,9 +31,10 @@ impl Default for GuestLimits {
             memory_bytes: 64 << 20,
             table_elements: 10_000,
             instances: 32,
-            hostcall_bytes: 1 << 20,
+            hostcall_bytes: 4 << 20,
             max_wasm_bytes: 1 << 20,
             deadlines: CallDeadlines::default(),
+            fault_cooldown: Duration::from_secs(30),
         }
     }
 }

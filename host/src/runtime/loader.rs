@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use wasmtime::component::Component;
 
+use std::sync::atomic::Ordering;
+
+use super::cache::CacheOutcome;
 use super::engine::Runtime;
 use super::error::GuestError;
 use super::guest::Guest;
+use super::signature::SignatureError;
 use crate::config::policy::GuestPolicy;
 use crate::wit::latest::DevicePluginPre;
 
@@ -35,6 +39,8 @@ pub enum LoadError {
         size: u64,
         limit: u64,
     },
+    #[error(transparent)]
+    Signature(SignatureError),
     #[error("{path}: not a WebAssembly binary (no \\0asm header)")]
     NotWasm { path: PathBuf },
     #[error(
@@ -67,14 +73,34 @@ impl Runtime {
         policy: GuestPolicy,
     ) -> Result<Guest, LoadError> {
         let bytes = self.read_checked(path).await?;
+        if let Some(trusted) = &self.trusted {
+            trusted.verify(path, &bytes).map_err(LoadError::Signature)?;
+        }
         let engine = self.engine.clone();
         let linker = self.linker.clone();
+        let cache = self.cache.clone();
+        let stats = self.stats.clone();
         let owned = path.to_owned();
         let pre = tokio::task::spawn_blocking(move || -> Result<DevicePluginPre<_>, LoadError> {
-            let component = Component::new(&engine, &bytes).map_err(|e| LoadError::Compile {
+            let compile_error = |e: wasmtime::Error| LoadError::Compile {
                 path: owned.clone(),
                 reason: format!("{e:#}"),
-            })?;
+            };
+            let (component, outcome) = match &cache {
+                Some(cache) => cache
+                    .get_or_compile(&engine, &bytes)
+                    .map_err(compile_error)?,
+                None => (
+                    Component::new(&engine, &bytes).map_err(compile_error)?,
+                    CacheOutcome::Compiled,
+                ),
+            };
+            let counter = match outcome {
+                CacheOutcome::Hit => &stats.cache_hits,
+                CacheOutcome::Compiled => &stats.compiled,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(guest = %owned.display(), ?outcome, "guest code ready");
             let link = |e: wasmtime::Error| LoadError::Link {
                 path: owned.clone(),
                 reason: format!("{e:#}"),

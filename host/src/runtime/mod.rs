@@ -6,12 +6,14 @@
 //! the [`limits`], and rebuilds the instance after a trap. Callers never see wasmtime
 //! types: they get plain Rust values or a [`GuestError`].
 
+pub mod cache;
 mod convert;
 pub mod engine;
 pub mod error;
 pub mod guest;
 pub mod limits;
 pub mod loader;
+pub mod signature;
 mod state;
 
 pub use engine::Runtime;

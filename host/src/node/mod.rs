@@ -1,0 +1,144 @@
+//! Assembles the layers for one node: loads the guests directory, serves a device
+//! plug-in per accepted resource, and follows the directory as operators change it.
+
+mod guests_dir;
+mod supervisor;
+
+pub use guests_dir::CONFIG_EXTENSIONS;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::HostConfig;
+use crate::resource::ResourceService;
+use crate::runtime::Runtime;
+use crate::runtime::cache::CompileCache;
+use crate::runtime::engine::LoadStats;
+use crate::runtime::signature::{SignatureError, TrustedKeys};
+use supervisor::Supervisor;
+
+/// Failures that keep the host from starting at all (a bad guest never does).
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("cannot start the WebAssembly runtime: {0:#}")]
+    Runtime(wasmtime::Error),
+    #[error("cannot read the guests directory {dir}: {source}")]
+    GuestsDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("trusted keys: {0}")]
+    TrustedKeys(SignatureError),
+}
+
+/// A guest file or resource that was refused, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// What the node serves now.
+#[derive(Clone, Default)]
+pub struct Status {
+    pub resources: Vec<Arc<ResourceService>>,
+    pub skipped: Vec<Skipped>,
+    /// Increases with every change to the served set or the refusals.
+    pub generation: u64,
+    /// Guests replaced by a new version.
+    pub reloads_ok: u64,
+    /// New versions refused (the previous one kept serving).
+    pub reloads_refused: u64,
+}
+
+/// The running host.
+pub struct Node {
+    status: watch::Receiver<Status>,
+    stats: Arc<LoadStats>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Loads every guest and starts serving; returns once the initial load is done.
+    /// Bad guests and invalid resources are logged, recorded in [`Node::skipped`], and
+    /// left out; the rest serve.
+    pub async fn start(config: HostConfig) -> Result<Node, NodeError> {
+        let mut runtime = Runtime::new(
+            config.host_root.clone(),
+            config.cdi_dir.clone(),
+            config.limits.clone(),
+        )
+        .map_err(NodeError::Runtime)?;
+        if let Some(dir) = &config.cache_dir {
+            match CompileCache::open(dir) {
+                Ok(cache) => runtime = runtime.with_cache(cache),
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "compiled-guest cache unavailable; guests are compiled at every start"
+                ),
+            }
+        }
+        if let Some(keys) = &config.trusted_keys {
+            let keys = TrustedKeys::read(keys).map_err(NodeError::TrustedKeys)?;
+            runtime = runtime.with_trusted_keys(keys);
+        }
+        // Fail early on an unreadable directory; later scans only log.
+        std::fs::read_dir(&config.guests_dir).map_err(|source| NodeError::GuestsDir {
+            dir: config.guests_dir.clone(),
+            source,
+        })?;
+        let stats = runtime.stats();
+        let (status_tx, status) = watch::channel(Status::default());
+        let mut supervisor = Supervisor::new(config.clone(), runtime, status_tx);
+        supervisor.sync().await;
+        if status.borrow().resources.is_empty() {
+            tracing::warn!(
+                dir = %config.guests_dir.display(),
+                "no resource is being served; put <name>.wasm guests with their <name>.policy.json in the guests directory"
+            );
+        }
+        let (shutdown, stop) = watch::channel(false);
+        let task = tokio::spawn(supervisor.run(stop));
+        Ok(Node {
+            status,
+            stats,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The resources being served.
+    pub fn resources(&self) -> Vec<Arc<ResourceService>> {
+        self.status.borrow().resources.clone()
+    }
+
+    /// Guest files and resources that are refused, with reasons.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.status.borrow().skipped.clone()
+    }
+
+    /// The current status; subscribe to follow reloads.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// How many guests were compiled and how many came from the cache.
+    pub fn load_stats(&self) -> &LoadStats {
+        &self.stats
+    }
+
+    /// Stops every plug-in (ending the kubelet's streams) and removes their sockets.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the supervisor task ended abnormally");
+        }
+    }
+}
