@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Guest crates and the constant each becomes in `guests.rs`.
-const GUESTS: [(&str, &str); 2] = [("nvidia-gpu", "NVIDIA_GPU"), ("conformance", "CONFORMANCE")];
+const GUESTS: [(&str, &str); 4] = [
+    ("nvidia-gpu", "NVIDIA_GPU"),
+    ("conformance", "CONFORMANCE"),
+    ("infiniband", "INFINIBAND"),
+    ("wrong-world", "WRONG_WORLD"),
+];
 
 fn main() {
     let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));

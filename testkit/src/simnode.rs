@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-pub use infiniband::SimNic;
+pub use infiniband::{RocePorts, SimNic, SimPort};
 pub use nvidia::SimGpu;
 pub use pci::PciFunction;
 
@@ -555,6 +555,235 @@ mod tests {
         {
             assert!(node.path(path).is_file(), "{path}");
         }
+    }
+
+    fn names(node: &SimNode, dir: &str, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(node.path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn connectx6_dx_in_roce_mode_per_function() {
+        let (_dir, mut node) = dgx();
+        let added = node
+            .add_connectx6_dx_roce(0x40, 0, RocePorts::PerFunction)
+            .unwrap();
+        assert_eq!(node.nics().len(), 10);
+        let got: Vec<(&str, &str, u32, &str)> = added
+            .iter()
+            .map(|n| {
+                (
+                    n.address.as_str(),
+                    n.ib_device.as_str(),
+                    n.char_index,
+                    n.netdev.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0000:41:00.0", "mlx5_8", 8, "enp65s0f0np0"),
+                ("0000:41:00.1", "mlx5_9", 9, "enp65s0f1np1")
+            ]
+        );
+        for nic in &added {
+            let dev = format!("/sys/bus/pci/devices/{}", nic.address);
+            assert_eq!(read(&node, &format!("{dev}/class")), "0x020000\n");
+            assert_eq!(read(&node, &format!("{dev}/device")), "0x101d\n");
+            assert_eq!(read(&node, &format!("{dev}/numa_node")), "0\n");
+            let ib = format!("/sys/class/infiniband/{}", nic.ib_device);
+            assert_eq!(
+                resolve(&node, &format!("{ib}/device")),
+                node.pci_dir(&nic.address).unwrap()
+            );
+            assert_eq!(read(&node, &format!("{ib}/hca_type")), "MT4125\n");
+            assert_eq!(
+                read(&node, &format!("{ib}/ports/1/link_layer")),
+                "Ethernet\n"
+            );
+            assert_eq!(read(&node, &format!("{ib}/ports/1/state")), "4: ACTIVE\n");
+            assert_eq!(
+                read(&node, &format!("{ib}/ports/1/gid_attrs/ndevs/0")),
+                format!("{}\n", nic.netdev)
+            );
+            assert_eq!(
+                read(&node, &format!("{ib}/ports/1/gid_attrs/types/1")),
+                "RoCE v2\n"
+            );
+            assert!(!node.path(&format!("{ib}/ports/2")).exists());
+            assert_eq!(
+                read(&node, &format!("/sys/class/net/{}/type", nic.netdev)),
+                "1\n"
+            );
+            assert_eq!(
+                resolve(&node, &format!("/sys/class/net/{}/device", nic.netdev)),
+                node.pci_dir(&nic.address).unwrap()
+            );
+            let k = nic.char_index;
+            assert_eq!(
+                read(
+                    &node,
+                    &format!("/sys/class/infiniband_verbs/uverbs{k}/ibdev")
+                ),
+                format!("{}\n", nic.ib_device)
+            );
+            assert_eq!(
+                read(&node, &format!("/sys/class/infiniband_verbs/uverbs{k}/dev")),
+                format!("231:{}\n", 192 + k)
+            );
+            for path in nic.all_dev_nodes() {
+                assert!(node.path(&path).is_file(), "{path}");
+            }
+            assert_eq!(nic.all_dev_nodes().len(), 3);
+        }
+        // Both functions of the adapter hang off the same root port.
+        let parent = |a: &str| {
+            Path::new(&node.pci_dir(a).unwrap())
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        };
+        assert_eq!(parent("0000:41:00.0"), parent("0000:41:00.1"));
+        let err = node
+            .add_connectx6_dx_roce(0x40, 0, RocePorts::PerFunction)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn connectx6_dx_as_one_dual_port_device() {
+        let (_dir, mut node) = dgx();
+        let added = node
+            .add_connectx6_dx_roce(0xc0, 1, RocePorts::OneDevice)
+            .unwrap();
+        assert_eq!(added.len(), 1);
+        let nic = &added[0];
+        assert_eq!(
+            (nic.address.as_str(), nic.ib_device.as_str()),
+            ("0000:c1:00.0", "mlx5_8")
+        );
+        let ports: Vec<(u32, u32, &str)> = nic
+            .ports
+            .iter()
+            .map(|p| (p.number, p.umad_index, p.netdev.as_str()))
+            .collect();
+        assert_eq!(ports, [(1, 8, "enp193s0f0np0"), (2, 9, "enp193s0f1np1")]);
+        let ib = "/sys/class/infiniband/mlx5_8";
+        assert_eq!(
+            read(&node, &format!("{ib}/ports/2/gid_attrs/ndevs/0")),
+            "enp193s0f1np1\n"
+        );
+        assert_eq!(read(&node, "/sys/class/infiniband_mad/umad9/port"), "2\n");
+        assert_eq!(
+            read(&node, "/sys/class/infiniband_mad/issm9/ibdev"),
+            "mlx5_8\n"
+        );
+        // The second function carries the second port's net interface, no RDMA device.
+        let f1 = node.pci_dir("0000:c1:00.1").unwrap();
+        assert!(!node.path(&format!("{f1}/infiniband")).exists());
+        assert!(node.path(&format!("{f1}/net/enp193s0f1np1")).is_dir());
+        assert_eq!(nic.all_dev_nodes().len(), 5);
+    }
+
+    #[test]
+    fn links_go_down_and_come_back() {
+        let (_dir, node) = dgx();
+        let ib = "/sys/class/infiniband/mlx5_3/ports/1";
+        node.set_link("mlx5_3", 1, false).unwrap();
+        assert_eq!(read(&node, &format!("{ib}/state")), "1: DOWN\n");
+        assert_eq!(read(&node, &format!("{ib}/phys_state")), "2: Polling\n");
+        assert_eq!(read(&node, "/sys/class/net/ibp94s0/operstate"), "down\n");
+        node.set_port_state("mlx5_3", 1, "2: INIT", "5: LinkUp")
+            .unwrap();
+        assert_eq!(read(&node, &format!("{ib}/state")), "2: INIT\n");
+        node.set_link("mlx5_3", 1, true).unwrap();
+        assert_eq!(read(&node, &format!("{ib}/state")), "4: ACTIVE\n");
+        assert_eq!(read(&node, &format!("{ib}/phys_state")), "5: LinkUp\n");
+        assert_eq!(read(&node, "/sys/class/net/ibp94s0/operstate"), "up\n");
+        assert!(node.set_link("mlx5_3", 2, false).is_err());
+        assert!(node.set_link("mlx5_42", 1, false).is_err());
+    }
+
+    #[test]
+    fn a_node_without_issm() {
+        let (_dir, mut node) = dgx();
+        node.remove_issm().unwrap();
+        assert!(names(&node, "/sys/class/infiniband_mad", "issm").is_empty());
+        assert!(names(&node, "/dev/infiniband", "issm").is_empty());
+        assert_eq!(names(&node, "/sys/class/infiniband_mad", "umad").len(), 8);
+        for nic in node.nics() {
+            assert!(!nic.issm);
+            assert_eq!(nic.all_dev_nodes().len(), 2);
+            let canonical = node.pci_dir(&nic.address).unwrap();
+            assert_eq!(
+                names(&node, &format!("{canonical}/infiniband_mad"), "issm").len(),
+                0
+            );
+        }
+        assert_eq!(fs::read_dir(node.path("/.staging")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn character_device_indices_can_be_reversed() {
+        let (_dir, mut node) = dgx();
+        node.add_connectx6_dx_roce(0x40, 0, RocePorts::PerFunction)
+            .unwrap();
+        node.add_connectx6_dx_roce(0xc0, 1, RocePorts::PerFunction)
+            .unwrap();
+        node.reverse_char_indices().unwrap();
+        let index = |ib: &str| node.nic(ib).unwrap().char_index;
+        assert_eq!(
+            (
+                index("mlx5_0"),
+                index("mlx5_1"),
+                index("mlx5_10"),
+                index("mlx5_11")
+            ),
+            (11, 10, 1, 0)
+        );
+        assert_eq!(
+            read(&node, "/sys/class/infiniband_verbs/uverbs10/ibdev"),
+            "mlx5_1\n"
+        );
+        assert_eq!(
+            read(&node, "/sys/class/infiniband_verbs/uverbs1/ibdev"),
+            "mlx5_10\n"
+        );
+        assert_eq!(
+            read(&node, "/sys/class/infiniband_verbs/uverbs1/dev"),
+            "231:193\n"
+        );
+        assert_eq!(
+            read(&node, "/sys/class/infiniband_mad/umad10/ibdev"),
+            "mlx5_1\n"
+        );
+        assert_eq!(
+            read(&node, "/sys/class/infiniband_mad/issm1/ibdev"),
+            "mlx5_10\n"
+        );
+        assert_eq!(
+            names(&node, "/sys/class/infiniband_verbs", "uverbs").len(),
+            12
+        );
+        assert_eq!(names(&node, "/sys/class/infiniband_mad", "").len(), 25);
+        assert_eq!(names(&node, "/dev/infiniband", "").len(), 12 * 3 + 1);
+        for nic in node.nics() {
+            let canonical = node.pci_dir(&nic.address).unwrap();
+            assert_eq!(
+                names(&node, &format!("{canonical}/infiniband_verbs"), "uverbs"),
+                [format!("uverbs{}", nic.char_index)]
+            );
+            for path in nic.all_dev_nodes() {
+                assert!(node.path(&path).is_file(), "{path}");
+            }
+        }
+        assert_eq!(fs::read_dir(node.path("/.staging")).unwrap().count(), 0);
     }
 
     #[test]

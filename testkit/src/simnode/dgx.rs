@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 
 use super::SimNode;
-use super::infiniband::{SimNic, guid};
+use super::infiniband::{Model, SimNic, SimPort, guid};
 use super::nvidia::{SimGpu, uuid};
 use super::pci::{PciFunction, root_bus_dir};
 
@@ -138,13 +138,21 @@ impl SimNode {
             node.add_dev_node(&gpu.dev_node())?;
 
             let nic_bus = gpu_bus + 1;
+            let netdev = format!("ibp{nic_bus}s0");
             let nic = SimNic {
                 address: format!("0000:{nic_bus:02x}:00.0"),
                 ib_device: format!("mlx5_{n}"),
                 char_index: n,
-                netdev: format!("ibp{nic_bus}s0"),
+                netdev: netdev.clone(),
                 numa_node: numa,
                 node_guid: guid(0x946d_ae03_00f5_6e00 + u64::from(n) * 0x20),
+                link_layer: "InfiniBand".into(),
+                ports: vec![SimPort {
+                    number: 1,
+                    umad_index: n,
+                    netdev,
+                }],
+                issm: true,
             };
             let f = PciFunction {
                 subsystem_device: 0x0041,
@@ -154,7 +162,8 @@ impl SimNode {
                 ..PciFunction::new(&nic.address, 0x15b3, 0x1021, 0x02_07_00)
             };
             let dir = node.add_pci_function(&ports[1], &f)?;
-            node.add_ib_devices(&nic, &dir, 0x10 + n)?;
+            node.add_ib_devices(&nic, &dir, 0x10 + n, &Model::connectx7(&nic.ib_device))?;
+            node.add_ipoib_netdev(&dir, &nic.netdev, &nic.node_guid)?;
             node.nics.push(nic);
         }
 
