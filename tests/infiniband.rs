@@ -820,8 +820,8 @@ async fn invalid_configuration_names_the_bad_field() {
             &["pools[0].selectors.vendor", "unknown field"][..],
         ),
         (
-            json!({ "cdi": true }),
-            &["cdi", "cdi is not supported yet"][..],
+            json!({ "cdiKind": "rdma" }),
+            &["cdiKind", "must be a CDI kind"][..],
         ),
     ] {
         let mut h = Harness::dgx().await;
@@ -849,4 +849,41 @@ fn release_guest_fits_the_size_budget() {
     let size = testkit::guests::INFINIBAND_WASM.len();
     println!("infiniband.wasm (release, stripped): {size} bytes");
     assert!(size <= 190 * 1024, "infiniband.wasm is {size} bytes");
+}
+
+/// With `cdiKind` set, the guest writes a CDI spec naming every HCA through the host
+/// before it answers, and the answer's `cdi_devices` are exactly the HCAs behind the IDs,
+/// each resolvable in that spec with the same nodes the device specs hand out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdi_names_resolve_in_the_spec_written_before_the_answer() {
+    let config = Some(json!({ "cdiKind": "nvidia.com/rdma" }));
+    let h = serving(unchanged, config, &[(DEFAULT, 8)]).await;
+    let nic = &h.node.nics()[2];
+    let answer = allocate_one(&h, DEFAULT, &[&nic.address]).await;
+    let names: Vec<&str> = answer.cdi_devices.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, [format!("nvidia.com/rdma={}", nic.address)]);
+
+    let spec_path = h.node.path("/var/run/cdi/nvidia.com-rdma.json");
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec_path).expect("spec written"))
+            .expect("the spec is JSON");
+    assert_eq!(spec["kind"], "nvidia.com/rdma");
+    let devices = spec["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 8, "one CDI device per HCA");
+    let ours = devices
+        .iter()
+        .find(|d| d["name"] == nic.address.as_str())
+        .expect("the allocated HCA is in the spec");
+    let spec_nodes: BTreeSet<String> = ours["containerEdits"]["deviceNodes"]
+        .as_array()
+        .expect("device nodes")
+        .iter()
+        .filter_map(|n| n["path"].as_str().map(str::to_owned))
+        .collect();
+    let answer_nodes: BTreeSet<String> =
+        answer.devices.iter().map(|d| d.host_path.clone()).collect();
+    assert_eq!(
+        spec_nodes, answer_nodes,
+        "the spec gives what the device specs give"
+    );
 }

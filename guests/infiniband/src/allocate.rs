@@ -8,8 +8,8 @@ use crate::config::{Config, Mode, Pool};
 use crate::discover::{self, Hca, Node, Port};
 use crate::json;
 use crate::pools::{self, Item};
-use crate::wdp::device_plugin::log;
 use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error, LogLevel};
+use crate::wdp::device_plugin::{cdi, log};
 
 /// One HCA a container gets, with the ports whose MAD nodes it gets.
 #[derive(Debug)]
@@ -31,6 +31,12 @@ pub fn allocate(
     // Re-enumerate: character devices and links are only as current as the last look.
     let node = discover::node()?;
     let members = pools::members(config, index, &node.hcas);
+    // The spec names every HCA of the node, so names handed out earlier stay
+    // resolvable when the kubelet replays an answer; it is written before any answer.
+    let cdi_names = match &config.cdi_kind {
+        Some(kind) => Some(write_cdi_spec(kind, &node)?),
+        None => None,
+    };
     containers
         .iter()
         .map(|ids| {
@@ -38,12 +44,52 @@ pub fn allocate(
                 Mode::Shared { slots } => shared(pool, slots, &members, ids)?,
                 Mode::Exclusive(unit) => exclusive(pool, &pools::items(unit, &members), ids)?,
             };
-            // Seam for CDI: once the host's `cdi` interface exists (a later minor version
-            // of the contract), the spec for these grants is written through it and their
-            // names go into `cdi_devices`; `configure` refuses `"cdi": true` until then.
-            Ok(container_allocation(pool, &grants, &node))
+            let mut answer = container_allocation(pool, &grants, &node);
+            if let (Some(kind), Some(written)) = (&config.cdi_kind, &cdi_names) {
+                answer.cdi_devices = grants
+                    .iter()
+                    .map(|g| format!("{kind}={}", g.hca.address))
+                    .filter(|name| written.contains(name))
+                    .collect();
+            }
+            Ok(answer)
         })
         .collect()
+}
+
+/// Writes the CDI spec of `kind`: one device per HCA (named by PCI address), each with
+/// its uverbs, umad and issm nodes and the shared rdma_cm. Returns the names written.
+fn write_cdi_spec(kind: &str, node: &Node) -> Result<Vec<String>, Error> {
+    let devices: Vec<String> = node
+        .hcas
+        .iter()
+        .map(|hca| {
+            let mut paths: Vec<&str> = hca.uverbs.iter().map(String::as_str).collect();
+            for port in &hca.ports {
+                paths.extend(port.umad.iter().map(String::as_str));
+                paths.extend(port.issm.iter().map(String::as_str));
+            }
+            paths.extend(node.rdma_cm.as_deref());
+            let nodes: Vec<String> = paths
+                .iter()
+                .map(|p| format!(r#"{{"path":{}}}"#, json::quote(p)))
+                .collect();
+            format!(
+                r#"{{"name":{},"containerEdits":{{"deviceNodes":[{}]}}}}"#,
+                json::quote(&hca.address),
+                nodes.join(",")
+            )
+        })
+        .collect();
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec = format!(
+        r#"{{"cdiVersion":"0.6.0","kind":{},"devices":[{}]}}"#,
+        json::quote(kind),
+        devices.join(",")
+    );
+    cdi::write_spec(&spec)
 }
 
 /// Shared slots: any slot of the pool gives every HCA of the pool with all its ports.

@@ -21,6 +21,9 @@ pub const MELLANOX_VENDOR: u16 = 0x15b3;
 pub struct Config {
     /// One advertised resource per pool, in configuration order.
     pub pools: Vec<Pool>,
+    /// CDI kind (`vendor.com/class`) to write specs for and to name allocated HCAs in
+    /// `cdi-devices`; none: no CDI (device specs and env only).
+    pub cdi_kind: Option<String>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
                     ..Selectors::default()
                 },
             }],
+            cdi_kind: None,
         }
     }
 }
@@ -116,16 +120,23 @@ impl Config {
                 "infiniband configuration is not valid JSON: {e} (see guests/infiniband/README.md)"
             ))
         })?;
-        let top = Object::new(&value, "", &["pools", "cdi"])?;
-        if let Some((v, path)) = top.get("cdi") {
-            // Seam: CDI specs need the host's `cdi` interface (a later minor version of the
-            // contract); until allocation fills `cdi-devices`, asking for it is an error.
-            if json::boolean(v, &path)? {
-                return Err(invalid(&path, "cdi is not supported yet; set it to false"));
+        let top = Object::new(&value, "", &["pools", "cdiKind"])?;
+        let cdi_kind = match top.get("cdiKind") {
+            Some((v, path)) => {
+                let kind = json::string(v, &path)?;
+                let parts: Vec<&str> = kind.split('/').collect();
+                if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                    return Err(invalid(&path, "must be a CDI kind like nvidia.com/rdma"));
+                }
+                Some(kind.to_string())
             }
-        }
+            None => None,
+        };
         let Some((v, path)) = top.get("pools") else {
-            return Ok(Config::default());
+            return Ok(Config {
+                cdi_kind,
+                ..Config::default()
+            });
         };
         let Value::Array(items) = v else {
             return Err(invalid(
@@ -151,7 +162,7 @@ impl Config {
             }
             pools.push(pool);
         }
-        Ok(Config { pools })
+        Ok(Config { pools, cdi_kind })
     }
 }
 
@@ -367,8 +378,11 @@ mod tests {
         assert_eq!(c.pools[0].mode, Mode::Exclusive(Unit::Hca));
         assert_eq!(Config::parse("{}").unwrap(), Config::default());
         assert_eq!(
-            Config::parse(r#"{"cdi":false}"#).unwrap(),
-            Config::default()
+            Config::parse(r#"{"cdiKind":"nvidia.com/rdma"}"#)
+                .unwrap()
+                .cdi_kind
+                .as_deref(),
+            Some("nvidia.com/rdma")
         );
     }
 
@@ -383,7 +397,7 @@ mod tests {
                             "pciAddresses":["0000:19:00.0","0000:2B:00.0"]}},
               {"resourceName":"nvidia.com/ib_port","mode":"exclusive","unit":"port"},
               {"resourceName":"nvidia.com/ib","mode":"exclusive"}],
-             "cdi":false}"#,
+             "cdiKind":"nvidia.com/rdma"}"#,
         )
         .unwrap();
         assert_eq!(c.pools.len(), 3);
@@ -489,13 +503,12 @@ mod tests {
                 r#"{"pools":[{"resourceName":"a/b","mode":"exclusive"},{"resourceName":"a/b","mode":"exclusive"}]}"#,
                 "`pools[1].resourceName`",
             ),
-            (r#"{"cdi":true}"#, "`cdi`"),
-            (r#"{"cdi":"no"}"#, "`cdi`"),
+            (r#"{"cdiKind":true}"#, "`cdiKind`"),
+            (r#"{"cdiKind":"rdma"}"#, "`cdiKind`"),
         ] {
             let m = message(text);
             assert!(m.contains(field), "{text}: {m}");
         }
-        assert!(message(r#"{"cdi":true}"#).contains("cdi is not supported yet"));
         assert!(message("[1]").contains("JSON object"));
         assert!(message("{").contains("not valid JSON"));
     }

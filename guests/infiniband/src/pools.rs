@@ -263,6 +263,7 @@ mod tests {
                 ),
                 pool("rest", Mode::Exclusive(Unit::Hca), Selectors::default()),
             ],
+            cdi_kind: None,
         };
         let names = |i| -> Vec<String> {
             members(&config, i, &hcas)
@@ -288,6 +289,7 @@ mod tests {
                 Mode::Shared { slots: 1000 },
                 Selectors::default(),
             )],
+            cdi_kind: None,
         };
         let listed = devices(&config, 0, &node);
         assert_eq!(listed.len(), 1000);
