@@ -2,9 +2,15 @@
 //! so building needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "v1beta1/api.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["."])?;
+    let protos = [
+        "v1beta1/api.proto",
+        "pluginregistration/api.proto",
+        "podresources/api.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["."])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
+use wasm_device_plugin::kubelet::RegistrationMode;
+use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
 use wasm_device_plugin::node::Node;
 use wasm_device_plugin::runtime::signature;
 
@@ -29,6 +31,12 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Registration {
+    Direct,
+    Watcher,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,6 +96,23 @@ struct RunArgs {
     /// with a valid <name>.wasm.sig load.
     #[arg(long, env = "WDP_TRUSTED_KEYS")]
     trusted_keys: Option<PathBuf>,
+    /// How the kubelet learns about each resource: `direct` (Register on kubelet.sock)
+    /// or `watcher` (a socket in the plugin watcher's directory).
+    #[arg(long, env = "WDP_REGISTRATION", value_enum, default_value = "direct")]
+    registration: Registration,
+    /// The plugin watcher's directory, for `--registration watcher`.
+    #[arg(long, env = "WDP_PLUGINS_REGISTRY_DIR", default_value = kubelet_api::pluginregistration::PLUGINS_REGISTRY_PATH)]
+    plugins_registry_dir: PathBuf,
+    /// The kubelet's pod-resources socket, polled to tell guests when devices are
+    /// released (the device plug-in API has no "deallocate").
+    #[arg(long, env = "WDP_POD_RESOURCES_SOCKET", default_value = kubelet_api::podresources::SOCKET)]
+    pod_resources_socket: PathBuf,
+    /// Seconds between pod-resources polls.
+    #[arg(long, env = "WDP_RELEASE_POLL_SECONDS", default_value_t = 5.0)]
+    release_poll_seconds: f64,
+    /// Do not poll pod resources (guests are then never told about releases).
+    #[arg(long, env = "WDP_NO_RELEASE_DETECTION")]
+    no_release_detection: bool,
     /// Node directory for CDI specs written by guests.
     #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
     cdi_dir: PathBuf,
@@ -180,6 +205,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.cache_dir = args.cache_dir;
     config.trusted_keys = args.trusted_keys;
     config.cdi_dir = args.cdi_dir;
+    if !args.no_release_detection {
+        anyhow::ensure!(
+            args.release_poll_seconds.is_finite() && args.release_poll_seconds >= 0.1,
+            "--release-poll-seconds must be at least 0.1"
+        );
+        config.pod_resources = Some(PodResourcesConfig {
+            socket: args.pod_resources_socket,
+            interval: Duration::from_secs_f64(args.release_poll_seconds),
+        });
+    }
+    config.kubelet.mode = match args.registration {
+        Registration::Direct => RegistrationMode::Direct,
+        Registration::Watcher => RegistrationMode::PluginWatcher {
+            registry_dir: args.plugins_registry_dir,
+        },
+    };
     tracing::info!(
         host_root = %args.host_root.display(),
         guests = %args.guests_dir.display(),

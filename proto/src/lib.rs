@@ -1,5 +1,8 @@
-//! The kubelet device plug-in wire API, `v1beta1`, exactly as upstream defines it
-//! (`v1beta1/api.proto` is a verbatim copy; package and field numbers are the contract).
+//! The kubelet's wire APIs a device plug-in meets, exactly as upstream defines them:
+//! the device plug-in API `v1beta1` (`v1beta1/api.proto`, a verbatim copy), the
+//! plugin-watcher registration API (`pluginregistration`) and the pod-resources API
+//! (`podresources/api.proto`, package `v1`, a verbatim copy). Packages and field numbers
+//! are the contract.
 
 /// Messages, the `Registration` service the kubelet serves and the `DevicePlugin`
 /// service each plug-in serves.
@@ -20,4 +23,24 @@ pub mod v1beta1 {
     pub const HEALTHY: &str = "Healthy";
     /// See [`HEALTHY`].
     pub const UNHEALTHY: &str = "Unhealthy";
+}
+
+/// The plugin-watcher registration API: the kubelet finds plug-in sockets in
+/// `plugins_registry` and asks them `GetInfo`.
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
+
+    /// `PluginInfo.type` of a device plug-in.
+    pub const DEVICE_PLUGIN: &str = "DevicePlugin";
+    /// Where the kubelet's plugin watcher looks for sockets.
+    pub const PLUGINS_REGISTRY_PATH: &str = "/var/lib/kubelet/plugins_registry";
+}
+
+/// The pod-resources API: which devices the kubelet has assigned to which containers.
+#[allow(clippy::doc_overindented_list_items, clippy::doc_lazy_continuation)]
+pub mod podresources {
+    tonic::include_proto!("v1");
+
+    /// The kubelet's pod-resources socket.
+    pub const SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 }

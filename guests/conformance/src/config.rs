@@ -58,6 +58,7 @@ pub struct Faults {
     pub allocate: Option<Fault>,
     pub preferred_allocation: Option<Fault>,
     pub pre_start: Option<Fault>,
+    pub release: Option<Fault>,
 }
 
 impl Config {
@@ -82,6 +83,7 @@ impl Config {
             ("allocate", f.allocate, true, false),
             ("preferredAllocation", f.preferred_allocation, false, true),
             ("preStart", f.pre_start, false, false),
+            ("release", f.release, false, false),
         ];
         for (export, fault, allocate_ok, prefer_ok) in checks {
             let Some(fault) = fault else { continue };

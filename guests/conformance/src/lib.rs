@@ -11,12 +11,12 @@ mod devices;
 mod faults;
 mod prefer;
 
-wit_bindgen::generate!({ path: "../../wit", world: "device-plugin" });
+wit_bindgen::generate!({ path: "../../wit", world: "device-plugin-with-release" });
 
 use std::cell::RefCell;
 
 use exports::wdp::device_plugin::plugin::Guest;
-use wdp::device_plugin::log;
+use wdp::device_plugin::{log, sysfs};
 use wdp::device_plugin::types::{
     ContainerAllocation, Device, Error, LogLevel, PreferredRequest, ResourceOptions, ResourceSpec,
 };
@@ -129,6 +129,21 @@ impl Guest for Conformance {
             LogLevel::Info,
             &format!("pre-start for {name}: {}", device_ids.join(",")),
         );
+        Ok(())
+    }
+}
+
+impl exports::wdp::device_plugin::lifecycle::Guest for Conformance {
+    /// Marks each released device by writing `1` to `/sys/class/<class>/<id>/released`
+    /// (which tests create and read), as a vendor would trigger a reset.
+    fn release(name: String, device_ids: Vec<String>) -> Result<(), Error> {
+        let config = config();
+        inject(config.faults.release, config.probe.as_deref())?;
+        let class = resource(&config, &name)?.class;
+        for id in &device_ids {
+            sysfs::write_file(&format!("/sys/class/{class}/{id}/released"), "1")?;
+        }
+        log::log(LogLevel::Info, &format!("released {name}: {}", device_ids.join(",")));
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::kubelet::KubeletConfig;
+use crate::kubelet::pod_resources::PodResourcesConfig;
 use crate::runtime::GuestLimits;
 
 /// Where operators mount guests (a ConfigMap volume) by default.
@@ -40,6 +41,8 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// File of Ed25519 public keys; when set, only guests signed by one of them load.
     pub trusted_keys: Option<PathBuf>,
+    /// Where to learn about released devices (none: guests are never told).
+    pub pod_resources: Option<PodResourcesConfig>,
 }
 
 impl HostConfig {
@@ -59,6 +62,7 @@ impl HostConfig {
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             cache_dir: None,
             trusted_keys: None,
+            pod_resources: None,
         }
     }
 }

@@ -8,19 +8,34 @@
 //! `ListAndWatch` stream ends.
 
 pub mod convert;
+pub mod dial;
 pub mod plugin;
+pub mod pod_resources;
 pub mod registration;
 pub mod service;
 pub mod socket;
+pub mod watcher;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How the kubelet learns about the plug-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// `Register` on `kubelet.sock` in the device-plugin directory (the default, and
+    /// what kubernetes.io documents).
+    Direct,
+    /// A socket in the plugin watcher's directory (`plugins_registry`) answering
+    /// `GetInfo`; survives kubelet restarts without re-registering.
+    PluginWatcher { registry_dir: PathBuf },
+}
 
 /// Where and how to talk to the kubelet.
 #[derive(Debug, Clone)]
 pub struct KubeletConfig {
     /// The device-plugin directory holding `kubelet.sock` and the plug-ins' sockets.
     pub device_plugin_dir: PathBuf,
+    pub mode: RegistrationMode,
     /// How often the registration loop checks `kubelet.sock` and its own socket.
     pub poll_interval: Duration,
     /// Deadline for one `Register` call. The kubelet dials back and calls
@@ -32,6 +47,7 @@ impl KubeletConfig {
     pub fn new(device_plugin_dir: impl Into<PathBuf>) -> Self {
         Self {
             device_plugin_dir: device_plugin_dir.into(),
+            mode: RegistrationMode::Direct,
             poll_interval: Duration::from_millis(100),
             register_timeout: Duration::from_secs(40),
         }

@@ -7,11 +7,12 @@ use kubelet_api::v1beta1 as pb;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::KubeletConfig;
 use super::convert;
 use super::registration::{self, RegisterError};
 use super::service::{DevicePluginService, StreamTracker};
 use super::socket::{self, Serving};
+use super::watcher::{Verdict, WatcherService};
+use super::{KubeletConfig, RegistrationMode};
 use crate::resource::ResourceService;
 use crate::shutdown;
 
@@ -28,6 +29,7 @@ enum Restart {
     KubeletSocketChanged,
     OwnSocketGone,
     StreamLost,
+    WatcherRefused,
     Shutdown,
 }
 
@@ -48,22 +50,34 @@ async fn run_inner(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let kubelet_socket = config.kubelet_socket();
+    let dir = match &config.mode {
+        RegistrationMode::Direct => config.device_plugin_dir.clone(),
+        RegistrationMode::PluginWatcher { registry_dir } => registry_dir.clone(),
+    };
     let mut backoff = BACKOFF_START;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let name = socket::unique_name(resource.name(), &config.device_plugin_dir);
+        let name = socket::unique_name(resource.name(), &dir);
         let streams = Arc::new(StreamTracker::default());
         let (stop, stopped) = watch::channel(false);
         let service = DevicePluginService::new(resource.clone(), streams.clone(), stopped);
-        let serving = match Serving::start(&config.device_plugin_dir, &name, service, stop) {
+        let (verdict_tx, verdict) = watch::channel(Verdict::Pending);
+        let watcher = match config.mode {
+            RegistrationMode::Direct => None,
+            RegistrationMode::PluginWatcher { .. } => {
+                let endpoint = dir.join(&name).display().to_string();
+                Some(WatcherService::new(resource.name(), &endpoint, verdict_tx))
+            }
+        };
+        let serving = match Serving::start(&dir, &name, service, watcher, stop) {
             Ok(serving) => serving,
             Err(e) => {
                 tracing::error!(
-                    dir = %config.device_plugin_dir.display(),
+                    dir = %dir.display(),
                     error = %e,
-                    "cannot listen in the device-plugin directory; check that it is mounted and writable"
+                    "cannot listen in the plug-in socket directory; check that it is mounted and writable"
                 );
                 if wait_or_shutdown(backoff, &mut shutdown).await {
                     return;
@@ -73,14 +87,25 @@ async fn run_inner(
             }
         };
 
-        let outcome =
-            register_until_done(&resource, &config, &serving, &mut shutdown, &mut backoff).await;
-        let restart = match outcome {
-            Ok(()) => {
-                backoff = BACKOFF_START;
-                watch_for_restart(&config, &serving, &streams, &mut shutdown).await
+        let restart = match config.mode {
+            RegistrationMode::Direct => {
+                let outcome =
+                    register_until_done(&resource, &config, &serving, &mut shutdown, &mut backoff)
+                        .await;
+                match outcome {
+                    Ok(()) => {
+                        backoff = BACKOFF_START;
+                        watch_for_restart(&config, &serving, &streams, &mut shutdown).await
+                    }
+                    Err(restart) => restart,
+                }
             }
-            Err(restart) => restart,
+            // The watcher dials us; a refusal, a lost stream or a deleted socket means a
+            // fresh socket, which the watcher picks up as a new plug-in.
+            RegistrationMode::PluginWatcher { .. } => {
+                tracing::info!(socket = %serving.path().display(), "serving for the plugin watcher");
+                watch_as_watched(&config, &serving, &streams, verdict, &mut shutdown).await
+            }
         };
         serving.stop().await;
         match restart {
@@ -173,6 +198,34 @@ async fn watch_for_restart(
                 if socket::identity(&kubelet_socket) != registered_with {
                     return Restart::KubeletSocketChanged;
                 }
+                if !serving.socket_intact() {
+                    return Restart::OwnSocketGone;
+                }
+            }
+        }
+    }
+}
+
+/// Plugin-watcher mode: waits until the watcher refuses us, drops its stream, or our
+/// socket is deleted. A kubelet restart needs nothing: the watcher finds the socket again.
+async fn watch_as_watched(
+    config: &KubeletConfig,
+    serving: &Serving,
+    streams: &StreamTracker,
+    mut verdict: watch::Receiver<Verdict>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Restart {
+    let mut tick = tokio::time::interval(config.poll_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown::requested(shutdown) => return Restart::Shutdown,
+            _ = streams.lost() => return Restart::StreamLost,
+            changed = verdict.changed() => {
+                if changed.is_ok() && matches!(*verdict.borrow(), Verdict::Refused(_)) {
+                    return Restart::WatcherRefused;
+                }
+            }
+            _ = tick.tick() => {
                 if !serving.socket_intact() {
                     return Restart::OwnSocketGone;
                 }

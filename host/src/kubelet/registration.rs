@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use kubelet_api::v1beta1 as pb;
 use thiserror::Error;
-use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
+
+use super::dial::unix_channel;
 
 /// Why registration did not succeed. Every case is retried with back-off.
 #[derive(Debug, Error)]
@@ -22,27 +21,17 @@ pub enum RegisterError {
     Timeout(Duration),
 }
 
-/// Dials `kubelet.sock` and sends `request`.
-///
-/// The URI's host gives requests an `:authority` of `localhost`, which recent grpc-go
-/// servers require (kubelet-interop §8). No HTTP/2 keepalive pings are sent: the
-/// kubelet's server would answer them with GOAWAY `too_many_pings`.
+/// Dials `kubelet.sock` (see [`unix_channel`]) and sends `request`.
 pub async fn register(
     kubelet_socket: &Path,
     request: pb::RegisterRequest,
     timeout: Duration,
 ) -> Result<(), RegisterError> {
-    let socket = kubelet_socket.to_owned();
     let unreachable = |reason: String| RegisterError::Unreachable {
         socket: kubelet_socket.to_owned(),
         reason,
     };
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
+    let channel = unix_channel(kubelet_socket, Duration::from_secs(10))
         .await
         .map_err(|e| unreachable(error_chain(&e)))?;
     let mut client = pb::registration_client::RegistrationClient::new(channel);
@@ -58,7 +47,7 @@ pub async fn register(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

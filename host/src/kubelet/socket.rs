@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::service::DevicePluginService;
+use super::watcher::WatcherService;
 use crate::shutdown;
+use kubelet_api::pluginregistration::registration_server::RegistrationServer;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -86,6 +88,7 @@ impl Serving {
         dir: &Path,
         name: &str,
         service: DevicePluginService,
+        watcher: Option<WatcherService>,
         stop: watch::Sender<bool>,
     ) -> io::Result<Serving> {
         let path = dir.join(name);
@@ -106,6 +109,7 @@ impl Serving {
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(DevicePluginServer::new(service))
+                .add_optional_service(watcher.map(RegistrationServer::new))
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
                     shutdown::requested(&mut stopped).await
                 })
@@ -120,6 +124,11 @@ impl Serving {
             stop,
             task,
         })
+    }
+
+    /// The socket's absolute path (the plugin watcher's `PluginInfo.endpoint`).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The socket's file name, as sent in `RegisterRequest.endpoint`.

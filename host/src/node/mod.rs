@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::HostConfig;
+use crate::kubelet::pod_resources;
 use crate::resource::ResourceService;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CompileCache;
@@ -61,7 +62,7 @@ pub struct Node {
     status: watch::Receiver<Status>,
     stats: Arc<LoadStats>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -105,12 +106,20 @@ impl Node {
             );
         }
         let (shutdown, stop) = watch::channel(false);
-        let task = tokio::spawn(supervisor.run(stop));
+        let mut tasks = vec![tokio::spawn(supervisor.run(stop.clone()))];
+        if let Some(pod_resources) = config.pod_resources.clone() {
+            let served = status.clone();
+            tasks.push(tokio::spawn(pod_resources::watch_releases(
+                pod_resources,
+                move || served.borrow().resources.clone(),
+                stop,
+            )));
+        }
         Ok(Node {
             status,
             stats,
             shutdown,
-            task,
+            tasks,
         })
     }
 
@@ -137,8 +146,10 @@ impl Node {
     /// Stops every plug-in (ending the kubelet's streams) and removes their sockets.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the supervisor task ended abnormally");
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a host task ended abnormally");
+            }
         }
     }
 }

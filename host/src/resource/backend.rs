@@ -38,6 +38,18 @@ pub trait Backend: Send + Sync + 'static {
         resource: &'a str,
         ids: Vec<String>,
     ) -> BoxFuture<'a, Result<(), GuestError>>;
+    /// Whether the backend wants to hear about released devices.
+    fn handles_release(&self) -> bool {
+        false
+    }
+    /// `ids` are no longer assigned to any container.
+    fn release<'a>(
+        &'a self,
+        _resource: &'a str,
+        _ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), GuestError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl Backend for Guest {
@@ -78,5 +90,17 @@ impl Backend for Guest {
         ids: Vec<String>,
     ) -> BoxFuture<'a, Result<(), GuestError>> {
         Box::pin(Guest::pre_start(self, resource, ids))
+    }
+
+    fn handles_release(&self) -> bool {
+        Guest::handles_release(self)
+    }
+
+    fn release<'a>(
+        &'a self,
+        resource: &'a str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), GuestError>> {
+        Box::pin(Guest::release(self, resource, ids))
     }
 }

@@ -267,6 +267,22 @@ impl ResourceService {
         Ok(vendor.backend.pre_start(&self.spec.name, ids).await?)
     }
 
+    /// Whether the vendor logic wants to hear about released devices.
+    pub fn handles_release(&self) -> bool {
+        self.vendor().backend.handles_release()
+    }
+
+    /// Tells the vendor logic that `ids` are no longer assigned to any container, so
+    /// that it can clean up or reset them before the next tenant.
+    pub async fn release(&self, ids: Vec<String>) -> Result<(), ServiceError> {
+        let vendor = self.vendor();
+        if !vendor.backend.handles_release() {
+            return Ok(());
+        }
+        tracing::info!(resource = %self.spec.name, ?ids, "devices released; telling the guest");
+        Ok(vendor.backend.release(&self.spec.name, ids).await?)
+    }
+
     fn check_ids<'a>(
         &self,
         ids: impl Iterator<Item = &'a String>,

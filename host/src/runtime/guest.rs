@@ -26,6 +26,7 @@ use crate::device::{ContainerAllocation, Device, PreferredRequest, ResourceSpec}
 use crate::grant::Grant;
 use crate::hostfns::NodeAccess;
 use crate::wit::latest::plugin::Guest as PluginExports;
+use crate::wit::latest::release_hook::{ReleaseHook, ReleaseHookIndices};
 use crate::wit::latest::types::Error as WitError;
 use crate::wit::latest::{DevicePlugin, DevicePluginPre};
 
@@ -49,6 +50,7 @@ pub struct Guest {
     limits: Arc<GuestLimits>,
     grant: Arc<Grant>,
     faults: Arc<FaultRecord>,
+    handles_release: bool,
 }
 
 /// Consecutive faults (traps, deadlines) per export, for crash-loop detection.
@@ -103,8 +105,12 @@ impl Guest {
     ) -> Result<Guest, GuestError> {
         let grant = Arc::new(policy.grant);
         let node = NodeAccess::new(name, &runtime.host_root, grant.clone(), &runtime.cdi_dir);
+        // A guest without the optional export still links; it just is not told.
+        let release_hook = ReleaseHookIndices::new(pre.instance_pre()).ok();
+        let handles_release = release_hook.is_some();
         let worker = Worker {
             name: name.into(),
+            release_hook,
             pre,
             config,
             limits: policy.limits.clone(),
@@ -131,11 +137,12 @@ impl Guest {
             limits: Arc::new(policy.limits),
             grant,
             faults: Arc::default(),
+            handles_release,
         };
         let budget = guest.limits.deadlines.enumerate;
         let resources = guest
             .call("resources", budget, |exports, store| {
-                exports.call_resources(store)
+                exports.plugin().call_resources(store)
             })
             .await?;
         guest.resources = resources.into_iter().map(convert::resource).collect();
@@ -168,7 +175,7 @@ impl Guest {
         let budget = self.limits.deadlines.enumerate;
         let devices = self
             .call("list-devices", budget, move |exports, store| {
-                exports.call_list_devices(store, &resource)
+                exports.plugin().call_list_devices(store, &resource)
             })
             .await?;
         Ok(devices.into_iter().map(convert::device).collect())
@@ -183,7 +190,9 @@ impl Guest {
         let budget = self.limits.deadlines.allocate;
         let answer = self
             .call("allocate", budget, move |exports, store| {
-                exports.call_allocate(store, &resource, &containers)
+                exports
+                    .plugin()
+                    .call_allocate(store, &resource, &containers)
             })
             .await?;
         answer
@@ -206,7 +215,36 @@ impl Guest {
         let request = convert::preferred_request(request);
         let budget = self.limits.deadlines.preferred_allocation;
         self.call("preferred-allocation", budget, move |exports, store| {
-            exports.call_preferred_allocation(store, &resource, &request)
+            exports
+                .plugin()
+                .call_preferred_allocation(store, &resource, &request)
+        })
+        .await
+    }
+
+    /// Whether the guest exports the optional release hook.
+    pub fn handles_release(&self) -> bool {
+        self.handles_release
+    }
+
+    /// Tells the guest that `ids` are no longer assigned to any container. A guest
+    /// without the release hook is not called.
+    pub async fn release(&self, resource: &str, ids: Vec<String>) -> Result<(), GuestError> {
+        if !self.handles_release {
+            return Ok(());
+        }
+        let resource = resource.to_owned();
+        let budget = self.limits.deadlines.pre_start;
+        let guest = self.name.to_string();
+        self.call("release", budget, move |exports, store| {
+            match &exports.release {
+                Some(hook) => hook
+                    .wdp_device_plugin_lifecycle()
+                    .call_release(store, &resource, &ids),
+                None => Ok(Err(WitError::Other(format!(
+                    "guest {guest} has no release hook"
+                )))),
+            }
         })
         .await
     }
@@ -215,7 +253,7 @@ impl Guest {
         let resource = resource.to_owned();
         let budget = self.limits.deadlines.pre_start;
         self.call("pre-start", budget, move |exports, store| {
-            exports.call_pre_start(store, &resource, &ids)
+            exports.plugin().call_pre_start(store, &resource, &ids)
         })
         .await
     }
@@ -224,7 +262,7 @@ impl Guest {
     async fn call<R, F>(&self, call: &'static str, budget: Duration, f: F) -> Result<R, GuestError>
     where
         R: Send + 'static,
-        F: FnOnce(&PluginExports, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>
+        F: FnOnce(&Bindings, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>
             + Send
             + 'static,
     {
@@ -278,13 +316,27 @@ struct Worker {
     limits: GuestLimits,
     /// Host functions' state, cloned into every new instance.
     node: NodeAccess,
+    /// Where the optional `lifecycle` export is, if the guest has it.
+    release_hook: Option<ReleaseHookIndices>,
     /// The live instance; `None` after a fault until the next call rebuilds it.
     live: Option<Live>,
 }
 
 struct Live {
     store: Store<GuestState>,
-    bindings: DevicePlugin,
+    bindings: Bindings,
+}
+
+/// A live instance's exports: the contract's, and the optional release hook.
+pub(crate) struct Bindings {
+    plugin: DevicePlugin,
+    release: Option<ReleaseHook>,
+}
+
+impl Bindings {
+    fn plugin(&self) -> &PluginExports {
+        self.plugin.wdp_device_plugin_plugin()
+    }
 }
 
 impl Worker {
@@ -292,7 +344,7 @@ impl Worker {
         &mut self,
         call: &'static str,
         budget: Duration,
-        f: impl FnOnce(&PluginExports, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>,
+        f: impl FnOnce(&Bindings, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>,
     ) -> Result<R, GuestError> {
         let live = match self.live.take() {
             Some(live) => live,
@@ -304,7 +356,7 @@ impl Worker {
         } = live;
         store.set_epoch_deadline(ticks(budget));
         store.data_mut().limits.memory_refused = None;
-        let outcome = f(bindings.wdp_device_plugin_plugin(), &mut store);
+        let outcome = f(&bindings, &mut store);
         match outcome {
             Ok(answer) => {
                 self.live = Some(Live { store, bindings });
@@ -335,14 +387,23 @@ impl Worker {
         // Instantiation runs guest code (start functions), so the deadline comes first.
         let budget = self.limits.deadlines.configure;
         store.set_epoch_deadline(ticks(budget));
-        let bindings = self
+        let instance = self
             .pre
+            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| self.fault("instantiate", budget, e, None))?;
-        match bindings
-            .wdp_device_plugin_plugin()
-            .call_configure(&mut store, &self.config)
-        {
+        let plugin = DevicePlugin::new(&mut store, &instance)
+            .map_err(|e| self.fault("instantiate", budget, e, None))?;
+        let release = match &self.release_hook {
+            Some(indices) => Some(
+                indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| self.fault("instantiate", budget, e, None))?,
+            ),
+            None => None,
+        };
+        let bindings = Bindings { plugin, release };
+        match bindings.plugin().call_configure(&mut store, &self.config) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
             Ok(Err(error)) => Err(GuestError::Reported {
                 guest: self.name.clone(),

@@ -8,6 +8,18 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::wdp::device_plugin::plugin;
+
+/// The optional `lifecycle` export, looked up on each guest (guests built for the plain
+/// `device-plugin` world do not have it, and still link).
+pub mod release_hook {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "release-hook",
+        with: { "wdp:device-plugin/types": super::wdp::device_plugin::types },
+    });
+
+    pub use exports::wdp::device_plugin::lifecycle;
+}
 pub use wdp::device_plugin::{cdi, devfs, kmsg, log, pci, sysfs, types};
 
 /// The contract version this module implements, for logs and `inspect`.

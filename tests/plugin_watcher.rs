@@ -1,0 +1,153 @@
+//! Plugin-watcher registration (C32): the host serves a socket in `plugins_registry`
+//! that answers `GetInfo` at once, serves `DevicePlugin` at the endpoint it names, and
+//! starts over on a fresh socket when the watcher reports a failed registration.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use integration_tests::{Harness, WAIT, add_widgets, widgets};
+use kubelet_api::pluginregistration as pr;
+use kubelet_api::v1beta1 as pb;
+use serde_json::json;
+use testkit::kubelet::dial;
+use wasm_device_plugin::kubelet::RegistrationMode;
+
+const WIDGET: &str = "example.com/widget";
+
+/// Waits for the plug-in sockets in `dir` to be exactly one, other than `not`.
+async fn one_socket(dir: &Path, not: Option<&Path>) -> PathBuf {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let sockets: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            .map(|e| e.path())
+            .filter(|p| Some(p.as_path()) != not)
+            .collect();
+        if let [one] = sockets.as_slice() {
+            return one.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sockets in {}: {sockets:?}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Plays the kubelet's plugin watcher against one socket: GetInfo within 1 s, then the
+/// device-plugin calls at the endpoint it names.
+async fn register_like_the_watcher(socket: &Path) -> (pr::PluginInfo, Vec<pb::Device>) {
+    let channel = dial(socket).await.expect("dial the registration socket");
+    let mut registration = pr::registration_client::RegistrationClient::new(channel);
+    let info = tokio::time::timeout(
+        Duration::from_secs(1),
+        registration.get_info(pr::InfoRequest {}),
+    )
+    .await
+    .expect("GetInfo answers within the watcher's 1 s")
+    .expect("GetInfo")
+    .into_inner();
+    let endpoint = PathBuf::from(&info.endpoint);
+    let mut plugin = pb::device_plugin_client::DevicePluginClient::new(
+        dial(&endpoint).await.expect("dial the endpoint"),
+    );
+    plugin
+        .get_device_plugin_options(pb::Empty {})
+        .await
+        .expect("options");
+    let mut stream = plugin
+        .list_and_watch(pb::Empty {})
+        .await
+        .expect("ListAndWatch")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("a list")
+        .expect("not the end");
+    registration
+        .notify_registration_status(pr::RegistrationStatus {
+            plugin_registered: true,
+            error: String::new(),
+        })
+        .await
+        .expect("NotifyRegistrationStatus");
+    // Keep the stream open for the caller's lifetime of the test by leaking it to a task.
+    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    (info, first.devices)
+}
+
+/// C32: GetInfo names the resource, type DevicePlugin, v1beta1 and an absolute endpoint
+/// that serves the device list; nothing is registered on kubelet.sock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_finds_a_socket_that_answers_get_info() {
+    let mut h = Harness::empty().await;
+    add_widgets(&h.node, "widget", &widgets(3));
+    h.add_conformance(
+        "widgets",
+        json!({ "resources": [{ "name": WIDGET, "class": "widget" }] }),
+    );
+    let registry = h.tmp.path().join("plugins_registry");
+    std::fs::create_dir_all(&registry).unwrap();
+    let mut config = h.config();
+    config.kubelet.mode = RegistrationMode::PluginWatcher {
+        registry_dir: registry.clone(),
+    };
+    h.start_host_with(config).await;
+
+    let socket = one_socket(&registry, None).await;
+    let (info, devices) = register_like_the_watcher(&socket).await;
+    assert_eq!(info.r#type, "DevicePlugin");
+    assert_eq!(info.name, WIDGET);
+    assert_eq!(info.supported_versions, vec!["v1beta1".to_string()]);
+    assert!(Path::new(&info.endpoint).is_absolute(), "{}", info.endpoint);
+    assert_eq!(devices.len(), 3);
+    assert!(
+        h.kubelet.registrations().is_empty(),
+        "watcher mode does not Register on kubelet.sock"
+    );
+    assert!(
+        h.plugin_sockets().is_empty(),
+        "no socket in the device-plugin directory"
+    );
+}
+
+/// C32: NotifyRegistrationStatus(false) makes the host serve a fresh socket, which the
+/// watcher can register again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_brings_a_fresh_socket() {
+    let mut h = Harness::empty().await;
+    add_widgets(&h.node, "widget", &widgets(1));
+    h.add_conformance(
+        "widgets",
+        json!({ "resources": [{ "name": WIDGET, "class": "widget" }] }),
+    );
+    let registry = h.tmp.path().join("plugins_registry");
+    std::fs::create_dir_all(&registry).unwrap();
+    let mut config = h.config();
+    config.kubelet.mode = RegistrationMode::PluginWatcher {
+        registry_dir: registry.clone(),
+    };
+    h.start_host_with(config).await;
+
+    let first = one_socket(&registry, None).await;
+    let mut registration =
+        pr::registration_client::RegistrationClient::new(dial(&first).await.unwrap());
+    registration.get_info(pr::InfoRequest {}).await.unwrap();
+    registration
+        .notify_registration_status(pr::RegistrationStatus {
+            plugin_registered: false,
+            error: "resource name taken".into(),
+        })
+        .await
+        .unwrap();
+    let second = one_socket(&registry, Some(&first)).await;
+    assert!(!first.exists(), "the refused socket is removed");
+    let (info, devices) = register_like_the_watcher(&second).await;
+    assert_eq!((info.name.as_str(), devices.len()), (WIDGET, 1));
+}
