@@ -19,6 +19,7 @@ pub mod device;
 pub mod grant;
 pub mod hostfns;
 pub mod kubelet;
+pub mod metrics;
 pub mod node;
 pub mod resource;
 pub mod runtime;

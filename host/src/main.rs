@@ -113,6 +113,9 @@ struct RunArgs {
     /// Do not poll pod resources (guests are then never told about releases).
     #[arg(long, env = "WDP_NO_RELEASE_DETECTION")]
     no_release_detection: bool,
+    /// Address for /metrics (Prometheus), /healthz and /readyz; `off` to disable.
+    #[arg(long, env = "WDP_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    metrics_addr: String,
     /// Node directory for CDI specs written by guests.
     #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
     cdi_dir: PathBuf,
@@ -205,6 +208,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.cache_dir = args.cache_dir;
     config.trusted_keys = args.trusted_keys;
     config.cdi_dir = args.cdi_dir;
+    config.metrics_addr = match args.metrics_addr.as_str() {
+        "off" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--metrics-addr {addr:?} is not host:port"))?,
+        ),
+    };
     if !args.no_release_detection {
         anyhow::ensure!(
             args.release_poll_seconds.is_finite() && args.release_poll_seconds >= 0.1,

@@ -43,6 +43,8 @@ pub struct HostConfig {
     pub trusted_keys: Option<PathBuf>,
     /// Where to learn about released devices (none: guests are never told).
     pub pod_resources: Option<PodResourcesConfig>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (none: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl HostConfig {
@@ -63,6 +65,7 @@ impl HostConfig {
             cache_dir: None,
             trusted_keys: None,
             pod_resources: None,
+            metrics_addr: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use super::service::{DevicePluginService, StreamTracker};
 use super::socket::{self, Serving};
 use super::watcher::{Verdict, WatcherService};
 use super::{KubeletConfig, RegistrationMode};
+use crate::metrics::metrics;
 use crate::resource::ResourceService;
 use crate::shutdown;
 
@@ -104,9 +105,11 @@ async fn run_inner(
             // fresh socket, which the watcher picks up as a new plug-in.
             RegistrationMode::PluginWatcher { .. } => {
                 tracing::info!(socket = %serving.path().display(), "serving for the plugin watcher");
+                metrics().set_registered(resource.name(), true);
                 watch_as_watched(&config, &serving, &streams, verdict, &mut shutdown).await
             }
         };
+        metrics().set_registered(resource.name(), false);
         serving.stop().await;
         match restart {
             Restart::Shutdown => {
@@ -147,9 +150,12 @@ async fn register_until_done(
         match registration::register(&kubelet_socket, request, config.register_timeout).await {
             Ok(()) => {
                 tracing::info!(endpoint = %serving.endpoint(), "registered with the kubelet");
+                metrics().count(&metrics().registrations, resource.name(), true);
+                metrics().set_registered(resource.name(), true);
                 return Ok(());
             }
             Err(e) => {
+                metrics().count(&metrics().registrations, resource.name(), false);
                 match &e {
                     RegisterError::Unreachable { .. } => {
                         tracing::info!(error = %e, retry_in = ?backoff, "kubelet not reachable yet")

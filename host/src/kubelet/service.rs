@@ -14,11 +14,34 @@ use tracing::Instrument;
 
 use super::convert;
 use crate::device::PreferredRequest;
+use crate::metrics::metrics;
 use crate::resource::{ResourceService, ServiceError};
 use crate::shutdown;
+use std::time::Instant;
 
 /// grpc-go's default receive limit on the kubelet side (C15).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Records an RPC's duration when dropped, however the RPC returns.
+struct RpcTimer {
+    method: &'static str,
+    started: Instant,
+}
+
+impl RpcTimer {
+    fn start(method: &'static str) -> Self {
+        Self {
+            method,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        metrics().observe_rpc(self.method, self.started.elapsed());
+    }
+}
 
 /// Counts open `ListAndWatch` streams and signals when the last one ends, which means
 /// the kubelet has disconnected and the plug-in must register again.
@@ -155,6 +178,7 @@ impl pb::device_plugin_server::DevicePlugin for DevicePluginService {
         &self,
         request: Request<pb::PreferredAllocationRequest>,
     ) -> Result<Response<pb::PreferredAllocationResponse>, Status> {
+        let _timer = RpcTimer::start("GetPreferredAllocation");
         let requests = request
             .into_inner()
             .container_requests
@@ -179,6 +203,7 @@ impl pb::device_plugin_server::DevicePlugin for DevicePluginService {
         &self,
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let _timer = RpcTimer::start("Allocate");
         let containers: Vec<Vec<String>> = request
             .into_inner()
             .container_requests
@@ -186,7 +211,9 @@ impl pb::device_plugin_server::DevicePlugin for DevicePluginService {
             .map(|c| c.devices_ids)
             .collect();
         tracing::info!(?containers, "allocate");
-        let answer = self.resource.allocate(containers).await.map_err(|e| {
+        let answer = self.resource.allocate(containers).await;
+        metrics().count(&metrics().allocations, self.resource.name(), answer.is_ok());
+        let answer = answer.map_err(|e| {
             tracing::warn!(error = %e, "allocation refused");
             status(e)
         })?;
@@ -207,6 +234,7 @@ impl pb::device_plugin_server::DevicePlugin for DevicePluginService {
         &self,
         request: Request<pb::PreStartContainerRequest>,
     ) -> Result<Response<pb::PreStartContainerResponse>, Status> {
+        let _timer = RpcTimer::start("PreStartContainer");
         let ids = request.into_inner().devices_ids;
         self.resource.pre_start(ids).await.map_err(|e| {
             tracing::warn!(error = %e, "pre-start failed");

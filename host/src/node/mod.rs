@@ -2,6 +2,7 @@
 //! plug-in per accepted resource, and follows the directory as operators change it.
 
 mod guests_dir;
+mod ops;
 mod supervisor;
 
 pub use guests_dir::CONFIG_EXTENSIONS;
@@ -35,6 +36,12 @@ pub enum NodeError {
     },
     #[error("trusted keys: {0}")]
     TrustedKeys(SignatureError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Ops {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A guest file or resource that was refused, and why.
@@ -63,6 +70,7 @@ pub struct Node {
     stats: Arc<LoadStats>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    ops_addr: Option<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -107,6 +115,18 @@ impl Node {
         }
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(supervisor.run(stop.clone()))];
+        let mut ops_addr = None;
+        if let Some(addr) = config.metrics_addr {
+            let listener = ops::bind(addr)
+                .await
+                .map_err(|source| NodeError::Ops { addr, source })?;
+            ops_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(ops::serve(
+                listener,
+                status.clone(),
+                stop.clone(),
+            )));
+        }
         if let Some(pod_resources) = config.pod_resources.clone() {
             let served = status.clone();
             tasks.push(tokio::spawn(pod_resources::watch_releases(
@@ -120,6 +140,7 @@ impl Node {
             stats,
             shutdown,
             tasks,
+            ops_addr,
         })
     }
 
@@ -136,6 +157,11 @@ impl Node {
     /// The current status; subscribe to follow reloads.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops_addr
     }
 
     /// How many guests were compiled and how many came from the cache.

@@ -19,6 +19,7 @@ use crate::config::HostConfig;
 use crate::config::policy::{self, GuestPolicy};
 use crate::device::ResourceSpec;
 use crate::kubelet::plugin;
+use crate::metrics::metrics;
 use crate::resource::{ResourceService, name};
 use crate::runtime::{Guest, Runtime};
 use crate::shutdown;
@@ -122,6 +123,7 @@ impl Supervisor {
                     reason.push_str("; still serving the previous version");
                     tracing::error!(guest = %name, %reason, "reload refused; fix the files and the host tries again");
                     self.status.send_modify(|s| s.reloads_refused += 1);
+                    metrics().reload(false);
                 } else {
                     tracing::error!(guest = %name, %reason, "guest skipped; fix or remove the files, the other guests keep serving");
                 }
@@ -174,6 +176,7 @@ impl Supervisor {
         if is_reload {
             tracing::info!(guest = %name, "guest reloaded; its resources keep their registrations");
             self.status.send_modify(|s| s.reloads_ok += 1);
+            metrics().reload(true);
         }
         self.skipped.insert(name.clone(), skipped);
         self.guests.insert(name, files.fingerprint);

@@ -13,6 +13,7 @@ use super::backend::Backend;
 use super::snapshot::Snapshot;
 use crate::device::{ContainerAllocation, Health, PreferredRequest, ResourceSpec};
 use crate::grant::Grant;
+use crate::metrics::metrics;
 use crate::runtime::GuestError;
 use crate::wit::latest::types::Error as WitError;
 
@@ -123,6 +124,18 @@ impl ResourceService {
     /// [`FAILURES_BEFORE_UNHEALTHY`] failures in a row the devices turn unhealthy.
     /// Returns whether a new snapshot was published.
     pub async fn refresh(&self) -> bool {
+        let published = self.enumerate().await;
+        let snapshot = self.snapshot.borrow();
+        let healthy = snapshot
+            .devices()
+            .iter()
+            .filter(|d| d.health == Health::Healthy)
+            .count();
+        metrics().set_devices(&self.spec.name, healthy, snapshot.devices().len() - healthy);
+        published
+    }
+
+    async fn enumerate(&self) -> bool {
         let vendor = self.vendor();
         let listed = vendor
             .backend

@@ -25,6 +25,7 @@ use crate::config::policy::GuestPolicy;
 use crate::device::{ContainerAllocation, Device, PreferredRequest, ResourceSpec};
 use crate::grant::Grant;
 use crate::hostfns::NodeAccess;
+use crate::metrics::metrics;
 use crate::wit::latest::plugin::Guest as PluginExports;
 use crate::wit::latest::release_hook::{ReleaseHook, ReleaseHookIndices};
 use crate::wit::latest::types::Error as WitError;
@@ -282,13 +283,20 @@ impl Guest {
             }
         }
         drop(_enter);
-        match tokio::time::timeout(budget + WALL_CLOCK_GRACE, answer).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(budget + WALL_CLOCK_GRACE, answer).await;
+        metrics().observe_guest_call(&self.name, call, started.elapsed());
+        match outcome {
             Ok(Ok(result)) => {
-                let faulted = matches!(
-                    result,
-                    Err(GuestError::Trap { .. } | GuestError::Deadline { .. })
-                );
-                self.faults.record(call, faulted);
+                let fault = match &result {
+                    Err(GuestError::Trap { .. }) => Some("trap"),
+                    Err(GuestError::Deadline { .. }) => Some("deadline"),
+                    _ => None,
+                };
+                if let Some(kind) = fault {
+                    metrics().guest_fault(&self.name, kind);
+                }
+                self.faults.record(call, fault.is_some());
                 result
             }
             Ok(Err(_)) => Err(self.unavailable("its thread ended during the call".into())),

@@ -1,0 +1,222 @@
+//! Prometheus metrics: what operators watch on every node.
+//!
+//! One process-wide set (metrics are a cross-cutting concern; every layer records into
+//! it and only `ops` reads it). Label values are resource, guest and call names, all
+//! bounded by what the operator configured.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceHealth {
+    pub resource: String,
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceResult {
+    pub resource: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Method {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuestCall {
+    pub guest: String,
+    pub call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuestFault {
+    pub guest: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub result: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 100 µs to ~6.5 s, doubling: guest calls take microseconds, a hung one its deadline.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `wdp_devices{resource,health}`: devices listed to the kubelet.
+    pub devices: Family<ResourceHealth, Gauge>,
+    /// `wdp_allocations_total{resource,result}`.
+    pub allocations: Family<ResourceResult, Counter>,
+    /// `wdp_registrations_total{resource,result}`.
+    pub registrations: Family<ResourceResult, Counter>,
+    /// `wdp_rpc_duration_seconds{method}`: kubelet RPCs as the host served them.
+    pub rpc_seconds: Histograms<Method>,
+    /// `wdp_guest_call_duration_seconds{guest,call}`.
+    pub guest_call_seconds: Histograms<GuestCall>,
+    /// `wdp_guest_faults_total{guest,kind}`: traps and deadlines.
+    pub guest_faults: Family<GuestFault, Counter>,
+    /// `wdp_reloads_total{result}`: guest updates applied or refused.
+    pub reloads: Family<Outcome, Counter>,
+    /// Resources currently registered with the kubelet (for readiness).
+    registered: Mutex<BTreeSet<String>>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("wdp");
+        let devices = Family::default();
+        registry.register(
+            "devices",
+            "Devices listed to the kubelet, by health",
+            devices.clone(),
+        );
+        let allocations = Family::default();
+        registry.register(
+            "allocations",
+            "Allocate calls answered, by result",
+            allocations.clone(),
+        );
+        let registrations = Family::default();
+        registry.register(
+            "registrations",
+            "Registrations with the kubelet, by result",
+            registrations.clone(),
+        );
+        let rpc_seconds: Histograms<Method> = Family::new_with_constructor(latency);
+        registry.register(
+            "rpc_duration_seconds",
+            "Kubelet RPCs served, by method",
+            rpc_seconds.clone(),
+        );
+        let guest_call_seconds: Histograms<GuestCall> = Family::new_with_constructor(latency);
+        registry.register(
+            "guest_call_duration_seconds",
+            "Calls into guests, by guest and export",
+            guest_call_seconds.clone(),
+        );
+        let guest_faults = Family::default();
+        registry.register(
+            "guest_faults",
+            "Guest traps and deadlines",
+            guest_faults.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "reloads",
+            "Guest updates, applied or refused",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            devices,
+            allocations,
+            registrations,
+            rpc_seconds,
+            guest_call_seconds,
+            guest_faults,
+            reloads,
+            registered: Mutex::default(),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn set_devices(&self, resource: &str, healthy: usize, unhealthy: usize) {
+        for (health, n) in [("Healthy", healthy), ("Unhealthy", unhealthy)] {
+            self.devices
+                .get_or_create(&ResourceHealth {
+                    resource: resource.into(),
+                    health: health.into(),
+                })
+                .set(n as i64);
+        }
+    }
+
+    pub fn count(&self, family: &Family<ResourceResult, Counter>, resource: &str, ok: bool) {
+        family
+            .get_or_create(&ResourceResult {
+                resource: resource.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn observe_rpc(&self, method: &str, took: Duration) {
+        self.rpc_seconds
+            .get_or_create(&Method {
+                method: method.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_guest_call(&self, guest: &str, call: &str, took: Duration) {
+        self.guest_call_seconds
+            .get_or_create(&GuestCall {
+                guest: guest.into(),
+                call: call.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn guest_fault(&self, guest: &str, kind: &str) {
+        self.guest_faults
+            .get_or_create(&GuestFault {
+                guest: guest.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, applied: bool) {
+        self.reloads
+            .get_or_create(&Outcome {
+                result: if applied { "applied" } else { "refused" }.into(),
+            })
+            .inc();
+    }
+
+    /// Records whether `resource` is registered with the kubelet right now.
+    pub fn set_registered(&self, resource: &str, registered: bool) {
+        let mut set = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if registered {
+            set.insert(resource.to_owned());
+        } else {
+            set.remove(resource);
+        }
+    }
+
+    pub fn is_registered(&self, resource: &str) -> bool {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(resource)
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

@@ -1,0 +1,116 @@
+//! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process
+//! answers) and `/readyz` (every configured guest is loaded and every resource
+//! registered with the kubelet).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Status;
+use crate::metrics::metrics;
+use crate::shutdown;
+
+/// Binds `addr` now (so a taken port fails start-up) and serves until `stop`.
+pub(super) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    status: watch::Receiver<Status>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown::requested(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    continue;
+                }
+            },
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(request, status.clone()));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    status: watch::Receiver<Status>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (code, content_type, body) = match request.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics().encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => match not_ready(&status.borrow()) {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+/// Why the node is not ready, if it is not.
+fn not_ready(status: &Status) -> Option<String> {
+    if let Some(skipped) = status.skipped.first() {
+        return Some(format!(
+            "{} ({} refused in all)",
+            skipped.reason,
+            status.skipped.len()
+        ));
+    }
+    if status.resources.is_empty() {
+        return Some("no resource is served".into());
+    }
+    let unregistered: Vec<&str> = status
+        .resources
+        .iter()
+        .map(|r| r.name())
+        .filter(|name| !metrics().is_registered(name))
+        .collect();
+    if unregistered.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "not registered with the kubelet yet: {}",
+            unregistered.join(", ")
+        ))
+    }
+}
