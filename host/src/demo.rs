@@ -31,6 +31,10 @@ pub async fn run() -> anyhow::Result<()> {
         guests.join("nvidia-gpu.wasm"),
         testkit::guests::NVIDIA_GPU_WASM,
     )?;
+    std::fs::write(
+        guests.join("nvidia-gpu.policy.json"),
+        testkit::guests::NVIDIA_GPU_POLICY,
+    )?;
     std::fs::write(guests.join("broken.wasm"), b"this is not WebAssembly")?;
     std::fs::write(
         guests.join("broken.policy.json"),
@@ -111,8 +115,9 @@ pub async fn run() -> anyhow::Result<()> {
     }
     println!();
 
-    // Two GPUs on one NUMA node, as a topology-aware kubelet would pick them.
-    let pair: Vec<String> = view
+    // The kubelet asks which two of the GPUs on NUMA node 1 to take, as its topology
+    // manager would, and allocates what the guest prefers (same PCIe switch first).
+    let numa1: Vec<String> = view
         .devices
         .iter()
         .filter(|d| {
@@ -120,9 +125,26 @@ pub async fn run() -> anyhow::Result<()> {
                 .as_ref()
                 .is_some_and(|t| t.nodes.iter().any(|n| n.id == 1))
         })
-        .take(2)
         .map(|d| d.id.clone())
         .collect();
+    let mut pair = numa1.iter().take(2).cloned().collect::<Vec<_>>();
+    if options.get_preferred_allocation_available {
+        let preferred = kubelet
+            .preferred_allocation(RESOURCE, numa1.clone(), vec![], 2)
+            .await?;
+        if let Some(answer) = preferred
+            .container_responses
+            .first()
+            .filter(|a| !a.device_i_ds.is_empty())
+        {
+            pair = answer.device_i_ds.clone();
+        }
+        println!(
+            "[kubelet] GetPreferredAllocation  {RESOURCE}  2 of the {} GPUs on NUMA 1\n          preferred: [{}]\n",
+            numa1.len(),
+            pair.join(", ")
+        );
+    }
     println!("[kubelet] Allocate  {RESOURCE}  [{}]", pair.join(", "));
     let answer = kubelet.allocate(RESOURCE, vec![pair]).await?;
     for container in &answer.container_responses {

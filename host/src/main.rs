@@ -1,18 +1,18 @@
 //! The `wasm-device-plugin` binary: `run` on a node, `demo` against a simulated one.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
-use wasm_device_plugin::kubelet::RegistrationMode;
-use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
 use wasm_device_plugin::node::Node;
-use wasm_device_plugin::runtime::signature;
 
+mod args;
+mod config_file;
 #[cfg(feature = "demo")]
 mod demo;
+mod tools;
+
+use args::{NodeArgs, RunArgs};
 
 #[derive(Parser)]
 #[command(
@@ -29,14 +29,12 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// A JSON file of flag values (`{"guests-dir": "/etc/guests"}`), used where neither
+    /// a flag nor its environment variable is given.
+    #[arg(long, global = true, env = "WDP_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Registration {
-    Direct,
-    Watcher,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,59 +67,32 @@ enum Command {
         /// The guest to sign.
         guest: PathBuf,
     },
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Root under which /sys, /proc and /dev are read (a fixture tree for testing).
-    #[arg(long, env = "WDP_HOST_ROOT", default_value = "/")]
-    host_root: PathBuf,
-    /// Directory of <name>.wasm guests and their optional <name>.json/.yaml config.
-    #[arg(long, env = "WDP_GUESTS_DIR", default_value = DEFAULT_GUESTS_DIR)]
-    guests_dir: PathBuf,
-    /// The kubelet's device-plugin directory (holds kubelet.sock).
-    #[arg(long, env = "WDP_DEVICE_PLUGIN_DIR", default_value = kubelet_api::v1beta1::DEVICE_PLUGIN_PATH)]
-    device_plugin_dir: PathBuf,
-    /// Seconds between device re-enumerations; only changes reach the kubelet.
-    #[arg(long, env = "WDP_RESCAN_SECONDS", default_value_t = 5.0)]
-    rescan_seconds: f64,
-    /// Seconds between checks of the guests directory for changes (hot reload).
-    #[arg(long, env = "WDP_RELOAD_SECONDS", default_value_t = 1.0)]
-    reload_seconds: f64,
-    /// Host-private directory for compiled guests, so restarts skip compilation
-    /// (use an emptyDir; never a directory others can write).
-    #[arg(long, env = "WDP_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// File of trusted Ed25519 public keys (hex, one per line); when set, only guests
-    /// with a valid <name>.wasm.sig load.
-    #[arg(long, env = "WDP_TRUSTED_KEYS")]
-    trusted_keys: Option<PathBuf>,
-    /// How the kubelet learns about each resource: `direct` (Register on kubelet.sock)
-    /// or `watcher` (a socket in the plugin watcher's directory).
-    #[arg(long, env = "WDP_REGISTRATION", value_enum, default_value = "direct")]
-    registration: Registration,
-    /// The plugin watcher's directory, for `--registration watcher`.
-    #[arg(long, env = "WDP_PLUGINS_REGISTRY_DIR", default_value = kubelet_api::pluginregistration::PLUGINS_REGISTRY_PATH)]
-    plugins_registry_dir: PathBuf,
-    /// The kubelet's pod-resources socket, polled to tell guests when devices are
-    /// released (the device plug-in API has no "deallocate").
-    #[arg(long, env = "WDP_POD_RESOURCES_SOCKET", default_value = kubelet_api::podresources::SOCKET)]
-    pod_resources_socket: PathBuf,
-    /// Seconds between pod-resources polls.
-    #[arg(long, env = "WDP_RELEASE_POLL_SECONDS", default_value_t = 5.0)]
-    release_poll_seconds: f64,
-    /// Do not poll pod resources (guests are then never told about releases).
-    #[arg(long, env = "WDP_NO_RELEASE_DETECTION")]
-    no_release_detection: bool,
-    /// Address for /metrics (Prometheus), /healthz and /readyz; `off` to disable.
-    #[arg(long, env = "WDP_METRICS_ADDR", default_value = "0.0.0.0:9464")]
-    metrics_addr: String,
-    /// Node directory for CDI specs written by guests.
-    #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
-    cdi_dir: PathBuf,
+    /// Describe a guest: size, digest, contract version, imports and exports, signature,
+    /// and (with its policy beside it) the resources it advertises.
+    Inspect {
+        guest: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Load the guests against a host root (a fixture or the real node) and print what
+    /// would be advertised, without registering anything.
+    Check {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Precompile guests into the compiled-guest cache (--cache-dir), so that the next
+    /// start does not compile them.
+    Compile {
+        /// The guests to compile.
+        #[arg(required = true)]
+        guests: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    config_file::load_as_env_defaults()?;
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -137,48 +108,21 @@ fn main() -> anyhow::Result<()> {
             init_logging(cli.log_format, "off");
             runtime.block_on(demo::run())
         }
-        Command::Keygen { out } => keygen(&out),
-        Command::Sign { key, guest } => sign(&key, &guest),
+        Command::Keygen { out } => tools::keygen(&out),
+        Command::Sign { key, guest } => tools::sign(&key, &guest),
+        Command::Inspect { guest, node } => {
+            init_logging(cli.log_format, "warn");
+            runtime.block_on(tools::inspect(&guest, &node))
+        }
+        Command::Check { node } => {
+            init_logging(cli.log_format, "warn");
+            runtime.block_on(tools::check(&node))
+        }
+        Command::Compile { guests, node } => {
+            init_logging(cli.log_format, "warn");
+            runtime.block_on(tools::compile(&guests, &node))
+        }
     }
-}
-
-fn keygen(out: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (secret, public) = signature::generate().context("cannot read system randomness")?;
-    let secret_path = out.with_extension("key");
-    let public_path = out.with_extension("pub");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret_path)
-        .and_then(|mut f| writeln!(f, "{secret}"))
-        .with_context(|| format!("cannot create {}", secret_path.display()))?;
-    std::fs::write(&public_path, format!("{public}\n"))
-        .with_context(|| format!("cannot write {}", public_path.display()))?;
-    println!(
-        "secret key: {} (keep it off the nodes)",
-        secret_path.display()
-    );
-    println!(
-        "public key: {} (add its line to the host's --trusted-keys file)",
-        public_path.display()
-    );
-    Ok(())
-}
-
-fn sign(key: &Path, guest: &Path) -> anyhow::Result<()> {
-    let secret =
-        std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
-    let bytes = std::fs::read(guest).with_context(|| format!("cannot read {}", guest.display()))?;
-    let sig =
-        signature::sign(&secret, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
-    let sig_path = signature::signature_path(guest);
-    std::fs::write(&sig_path, format!("{sig}\n"))
-        .with_context(|| format!("cannot write {}", sig_path.display()))?;
-    println!("{}", sig_path.display());
-    Ok(())
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -194,46 +138,10 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.rescan_seconds.is_finite() && args.rescan_seconds >= 0.1,
-        "--rescan-seconds must be at least 0.1"
-    );
-    anyhow::ensure!(
-        args.reload_seconds.is_finite() && args.reload_seconds >= 0.1,
-        "--reload-seconds must be at least 0.1"
-    );
-    let mut config = HostConfig::new(&args.host_root, &args.guests_dir, &args.device_plugin_dir);
-    config.rescan_interval = Duration::from_secs_f64(args.rescan_seconds);
-    config.reload_interval = Duration::from_secs_f64(args.reload_seconds);
-    config.cache_dir = args.cache_dir;
-    config.trusted_keys = args.trusted_keys;
-    config.cdi_dir = args.cdi_dir;
-    config.metrics_addr = match args.metrics_addr.as_str() {
-        "off" => None,
-        addr => Some(
-            addr.parse()
-                .with_context(|| format!("--metrics-addr {addr:?} is not host:port"))?,
-        ),
-    };
-    if !args.no_release_detection {
-        anyhow::ensure!(
-            args.release_poll_seconds.is_finite() && args.release_poll_seconds >= 0.1,
-            "--release-poll-seconds must be at least 0.1"
-        );
-        config.pod_resources = Some(PodResourcesConfig {
-            socket: args.pod_resources_socket,
-            interval: Duration::from_secs_f64(args.release_poll_seconds),
-        });
-    }
-    config.kubelet.mode = match args.registration {
-        Registration::Direct => RegistrationMode::Direct,
-        Registration::Watcher => RegistrationMode::PluginWatcher {
-            registry_dir: args.plugins_registry_dir,
-        },
-    };
+    let config = args.config()?;
     tracing::info!(
-        host_root = %args.host_root.display(),
-        guests = %args.guests_dir.display(),
+        host_root = %config.host_root.display(),
+        guests = %config.guests_dir.display(),
         kubelet = %config.kubelet.kubelet_socket().display(),
         "starting"
     );

@@ -11,7 +11,10 @@
 
 mod dgx;
 mod fsx;
+mod gpu_faults;
 mod infiniband;
+mod kmsg;
+mod mixed;
 mod nvidia;
 mod pci;
 
@@ -20,6 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+pub use gpu_faults::UnpluggedGpu;
 pub use infiniband::{RocePorts, SimNic, SimPort};
 pub use nvidia::SimGpu;
 pub use pci::PciFunction;

@@ -1,12 +1,17 @@
-//! Answering the kubelet's `Allocate`: the device nodes a container needs to use its GPUs
-//! and the variable that tells the NVIDIA container runtime which GPUs to expose.
+//! Answering the kubelet's `Allocate` with the configured device-list strategies.
+//!
+//! Fail-closed: every answer sets `NVIDIA_VISIBLE_DEVICES` itself (the UUIDs, the
+//! volume-mount root, or `void`), so an image's own value (`all`, say) never widens what
+//! a container that asked for GPUs gets through the NVIDIA runtime hook.
 
-use crate::config::Config;
+use crate::cdi;
+use crate::config::{Config, ListStrategy};
 use crate::enumerate::{self, Gpu};
 use crate::errors::message;
+use crate::sharing;
 use crate::wdp::device_plugin::devfs;
 use crate::wdp::device_plugin::log;
-use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error, LogLevel};
+use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error, LogLevel, Mount};
 
 /// Driver-wide nodes every CUDA process needs besides its GPUs' own nodes; each is
 /// passed only when present (e.g. `nvidia-modeset` exists only with that module loaded).
@@ -16,59 +21,139 @@ const CONTROL_NODES: [&str; 4] = [
     "/dev/nvidia-uvm-tools",
     "/dev/nvidia-modeset",
 ];
+const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+/// Where the NVIDIA runtime looks for the volume-mount device list.
+const VOLUME_MOUNT_ROOT: &str = "/var/run/nvidia-container-devices";
 
 /// One answer per container, in request order.
 pub fn allocate(
     config: &Config,
+    resource: &str,
     containers: &[Vec<String>],
 ) -> Result<Vec<ContainerAllocation>, Error> {
     // Re-enumerate: minors and UUIDs are only as current as the last look at the node.
     let gpus = enumerate::gpus()?;
-    let control = present_control_nodes();
-    containers
+    let assigned = containers
         .iter()
-        .map(|ids| {
-            let assigned = ids
-                .iter()
-                .map(|id| {
-                    // A node has a handful of GPUs: a linear search is enough (and a
-                    // `HashMap` would make the component import a random seed).
-                    let found = gpus.iter().find(|g| g.id(config.device_id_strategy) == *id);
-                    found.ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "device ID `{id}` of `{}` is not a GPU on this node \
-                             (it may have been removed, unbound or excluded)",
-                            config.resource_name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<&Gpu>, Error>>()?;
-            Ok(container_allocation(&assigned, &control))
-        })
+        .map(|ids| resolve(config, resource, &gpus, ids))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let needs_nodes = config.uses(ListStrategy::DeviceSpecs) || config.uses(ListStrategy::CdiCri);
+    let control = if needs_nodes {
+        present_control_nodes()
+    } else {
+        Vec::new()
+    };
+    // The spec must be on disk before the runtime resolves the names in the answer.
+    let cdi_names = if config.uses(ListStrategy::CdiCri) {
+        cdi::write_spec(&config.cdi_kind, &gpus, &control)?
+    } else {
+        Vec::new()
+    };
+    assigned
+        .iter()
+        .map(|gpus| container_allocation(config, gpus, &control, &cdi_names))
         .collect()
 }
 
-fn container_allocation(gpus: &[&Gpu], control: &[&str]) -> ContainerAllocation {
-    let nodes = gpus
-        .iter()
-        .map(|g| g.dev_path())
-        .chain(control.iter().map(ToString::to_string));
+/// The distinct GPUs behind a container's device IDs (replicas of one GPU count once),
+/// in request order.
+pub fn resolve<'a>(
+    config: &Config,
+    resource: &str,
+    gpus: &'a [Gpu],
+    ids: &[String],
+) -> Result<Vec<&'a Gpu>, Error> {
+    let sharing = &config.sharing.time_slicing;
+    if sharing.fail_requests_greater_than_one
+        && ids.len() > 1
+        && ids.iter().any(|id| sharing::split_id(id).1.is_some())
+    {
+        return Err(Error::InvalidArgument(format!(
+            "request for {} devices of `{resource}` too large: a container may hold one \
+             replica of a shared GPU (sharing.timeSlicing.failRequestsGreaterThanOne)",
+            ids.len()
+        )));
+    }
+    let mut found: Vec<&Gpu> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (gpu_id, _) = sharing::split_id(id);
+        // A node has a handful of GPUs: a linear search is enough (and a `HashMap`
+        // would make the component import a random seed).
+        let gpu = gpus
+            .iter()
+            .find(|g| g.id(config.device_id_strategy) == gpu_id)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "device ID `{id}` of `{resource}` is not a GPU on this node \
+                     (it may have been removed, unbound or excluded)"
+                ))
+            })?;
+        if !found.iter().any(|g| g.address == gpu.address) {
+            found.push(gpu);
+        }
+    }
+    Ok(found)
+}
+
+fn container_allocation(
+    config: &Config,
+    gpus: &[&Gpu],
+    control: &[&str],
+    cdi_names: &[String],
+) -> Result<ContainerAllocation, Error> {
     // UUIDs whatever the ID strategy: the runtime reads indices as nvidia-smi/CUDA
     // indices, which need not equal the minor numbers this guest uses as indices.
     let uuids: Vec<&str> = gpus.iter().map(|g| g.uuid.as_str()).collect();
-    ContainerAllocation {
-        envs: vec![("NVIDIA_VISIBLE_DEVICES".into(), uuids.join(","))],
+    let mut answer = ContainerAllocation {
+        envs: Vec::new(),
         mounts: Vec::new(),
-        devices: nodes
+        devices: Vec::new(),
+        annotations: Vec::new(),
+        cdi_devices: Vec::new(),
+    };
+    let visible = if config.uses(ListStrategy::Envvar) {
+        uuids.join(",")
+    } else if config.uses(ListStrategy::VolumeMounts) {
+        answer.mounts = uuids
+            .iter()
+            .map(|uuid| Mount {
+                container_path: format!("{VOLUME_MOUNT_ROOT}/{uuid}"),
+                host_path: "/dev/null".into(),
+                read_only: true,
+            })
+            .collect();
+        VOLUME_MOUNT_ROOT.to_string()
+    } else {
+        // Devices reach the container by device specs or CDI only; `void` keeps the
+        // runtime hook from adding any GPU the image names.
+        "void".to_string()
+    };
+    answer.envs.push((VISIBLE_DEVICES.into(), visible));
+    if config.uses(ListStrategy::DeviceSpecs) {
+        answer.devices = gpus
+            .iter()
+            .map(|g| g.dev_path())
+            .chain(control.iter().map(ToString::to_string))
             .map(|path| DeviceSpec {
                 container_path: path.clone(),
                 host_path: path,
                 permissions: "rw".into(),
             })
-            .collect(),
-        annotations: Vec::new(),
-        cdi_devices: Vec::new(),
+            .collect();
     }
+    if config.uses(ListStrategy::CdiCri) {
+        for uuid in &uuids {
+            let name = cdi::qualified_name(&config.cdi_kind, uuid);
+            if !cdi_names.contains(&name) {
+                return Err(Error::Other(format!(
+                    "the CDI spec written for {} does not define {name}",
+                    config.cdi_kind
+                )));
+            }
+            answer.cdi_devices.push(name);
+        }
+    }
+    Ok(answer)
 }
 
 /// The control nodes that exist now; one that cannot be looked up is left out (logged).

@@ -3,8 +3,8 @@
 
 use crate::config::DeviceIdStrategy;
 use crate::errors::{context, message};
-use crate::wdp::device_plugin::types::{Error, Health, LogLevel, PciDevice};
-use crate::wdp::device_plugin::{devfs, log, pci, sysfs};
+use crate::wdp::device_plugin::types::{Error, PciDevice};
+use crate::wdp::device_plugin::{pci, sysfs};
 
 const NVIDIA_VENDOR: u16 = 0x10de;
 /// PCI class/subclass (class code without the programming interface byte) of a
@@ -20,12 +20,14 @@ pub struct Gpu {
     pub uuid: String,
     /// `Device Minor`: N in `/dev/nvidiaN` (not necessarily the CUDA/nvidia-smi index).
     pub minor: u32,
+    pub model: String,
     pub numa_node: Option<u32>,
-    pub health: Health,
+    /// Canonical sysfs directory; shared prefixes reveal a shared PCIe switch.
+    pub sysfs_path: String,
 }
 
 impl Gpu {
-    /// The device ID advertised to the kubelet.
+    /// The device ID advertised to the kubelet (before any replica suffix).
     pub fn id(&self, strategy: DeviceIdStrategy) -> String {
         match strategy {
             DeviceIdStrategy::Uuid => self.uuid.clone(),
@@ -35,12 +37,25 @@ impl Gpu {
 
     /// Node path of the GPU's own device node.
     pub fn dev_path(&self) -> String {
-        dev_path(self.minor)
+        format!("/dev/nvidia{}", self.minor)
+    }
+
+    /// Whether a configuration selector (UUID, minor or PCI address) names this GPU.
+    pub fn matches(&self, selector: &str) -> bool {
+        selector.eq_ignore_ascii_case(&self.uuid)
+            || selector.eq_ignore_ascii_case(&self.address)
+            || selector.parse::<u32>().is_ok_and(|m| m == self.minor)
     }
 }
 
-fn dev_path(minor: u32) -> String {
-    format!("/dev/nvidia{minor}")
+/// The GPUs found on one look at the node.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Offerable GPUs, sorted by minor number for a stable order.
+    pub gpus: Vec<Gpu>,
+    /// NVIDIA GPU functions on the bus that are not offered on purpose, with the reason
+    /// (another driver or none, excluded by the driver, partitioned into MIG instances).
+    pub withheld: Vec<(String, String)>,
 }
 
 /// What the driver says about one GPU in `/proc/driver/nvidia/gpus/<address>/information`.
@@ -88,77 +103,80 @@ impl Information {
     }
 }
 
-/// Whether a PCI function is a full NVIDIA GPU this guest may offer.
-fn is_offerable_gpu(dev: &PciDevice) -> bool {
+/// Whether a PCI function is a full NVIDIA GPU (whatever its driver).
+fn is_gpu(dev: &PciDevice) -> bool {
     let class = dev.class >> 8;
     dev.vendor == NVIDIA_VENDOR
         && (class == CLASS_VGA || class == CLASS_3D)
         // Virtual functions belong to whoever owns the physical function (vGPU/SR-IOV).
         && dev.physfn.is_none()
-        // Unbound or vfio-pci GPUs are meant for VMs, not for containers.
-        && dev.driver.as_deref() == Some("nvidia")
 }
 
-/// The node's offerable GPUs, sorted by minor number for a stable order.
-pub fn gpus() -> Result<Vec<Gpu>, Error> {
+/// Looks at the node once.
+pub fn scan() -> Result<Scan, Error> {
     let devices = pci::list_devices().map_err(|e| context(e, "listing the node's PCI devices"))?;
-    let mut gpus = Vec::new();
-    for dev in devices.iter().filter(|d| is_offerable_gpu(d)) {
+    let mut scan = Scan::default();
+    for dev in devices.iter().filter(|d| is_gpu(d)) {
+        // Unbound or vfio-pci GPUs are meant for VMs, not for containers.
+        if dev.driver.as_deref() != Some("nvidia") {
+            let driver = dev.driver.as_deref().unwrap_or("no driver");
+            scan.withheld.push((
+                dev.address.clone(),
+                format!("bound to {driver}, not nvidia"),
+            ));
+            continue;
+        }
         let path = format!("/proc/driver/nvidia/gpus/{}/information", dev.address);
         let info = match sysfs::read_file(&path)
             .map_err(message)
             .and_then(|t| Information::parse(&t))
         {
             Ok(info) => info,
-            Err(why) => {
-                log::log(
-                    LogLevel::Warn,
-                    &format!("skipping GPU {}: cannot use {path}: {why}", dev.address),
-                );
-                continue;
-            }
+            // Not withheld: a GPU the driver no longer describes is a fault, reported by
+            // the health monitor if it was offered before.
+            Err(_) => continue,
         };
         if info.excluded {
-            log::log(
-                LogLevel::Debug,
-                &format!(
-                    "skipping GPU {} ({}): the driver marks it excluded",
-                    dev.address,
-                    info.model.as_deref().unwrap_or("unknown model")
-                ),
-            );
+            scan.withheld
+                .push((dev.address.clone(), "excluded by the driver".into()));
             continue;
         }
-        gpus.push(Gpu {
+        if mig_partitioned(info.minor) {
+            scan.withheld.push((
+                dev.address.clone(),
+                "partitioned into MIG instances, which this guest does not offer".into(),
+            ));
+            continue;
+        }
+        scan.gpus.push(Gpu {
             address: dev.address.clone(),
-            health: node_health(&dev_path(info.minor)),
             uuid: info.uuid,
             minor: info.minor,
+            model: info.model.unwrap_or_default(),
             numa_node: dev.numa_node,
+            sysfs_path: dev.sysfs_path.clone(),
         });
     }
-    gpus.sort_by_key(|g| g.minor);
-    Ok(gpus)
+    crate::order::sort_by_key(&mut scan.gpus, |g| g.minor);
+    Ok(scan)
 }
 
-/// A GPU is healthy while its device node exists; a lookup failure counts as unhealthy.
-fn node_health(path: &str) -> Health {
-    match devfs::lookup(path) {
-        Ok(Some(_)) => Health::Healthy,
-        Ok(None) => Health::Unhealthy,
-        Err(e) => {
-            log::log(
-                LogLevel::Warn,
-                &format!("cannot look up {path}: {}", message(e)),
-            );
-            Health::Unhealthy
-        }
-    }
+/// The driver lists a GPU's MIG GPU instances as `gi<N>` directories under
+/// `/proc/driver/nvidia/capabilities/gpu<minor>/mig/`; a GPU with any cannot be used
+/// whole. (MIG mode enabled with no instance yet is invisible without NVML.)
+fn mig_partitioned(minor: u32) -> bool {
+    sysfs::list_dir(&format!("/proc/driver/nvidia/capabilities/gpu{minor}/mig"))
+        .is_ok_and(|entries| entries.iter().any(|e| e.starts_with("gi")))
+}
+
+/// The current GPUs, for calls that need minors and paths but not health.
+pub fn gpus() -> Result<Vec<Gpu>, Error> {
+    scan().map(|s| s.gpus)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Information;
+    use super::{Gpu, Information};
 
     const H100: &str = "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 185\n\
         GPU UUID: \t GPU-12345678-90ab-cdef-1234-567890abcdef\nVideo BIOS: \t 96.00.99.00.01\n\
@@ -190,5 +208,23 @@ mod tests {
             Information::parse(&H100.replace("Device Minor: \t 3", "Device Minor: \t x")).is_err()
         );
         assert!(Information::parse(&H100.replace("GPU UUID", "UUID")).is_err());
+    }
+
+    #[test]
+    fn selectors_name_a_gpu_by_uuid_minor_or_address() {
+        let gpu = Gpu {
+            address: "0000:1b:00.0".into(),
+            uuid: "GPU-abc".into(),
+            minor: 3,
+            model: String::new(),
+            numa_node: None,
+            sysfs_path: String::new(),
+        };
+        for yes in ["GPU-abc", "gpu-ABC", "3", "0000:1B:00.0"] {
+            assert!(gpu.matches(yes), "{yes}");
+        }
+        for no in ["GPU-ab", "4", "0000:1b:00.1", "03x"] {
+            assert!(!gpu.matches(no), "{no}");
+        }
     }
 }

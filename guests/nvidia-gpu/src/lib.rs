@@ -1,14 +1,25 @@
-//! Reference guest for NVIDIA GPUs: advertises every GPU bound to the `nvidia` driver as
-//! one device of `nvidia.com/gpu` (name configurable) and hands out its device nodes.
+//! Reference guest for NVIDIA GPUs: advertises the GPUs bound to the `nvidia` driver as
+//! `nvidia.com/gpu` (name configurable), whole or as time-slicing replicas, with health
+//! from the kernel log and sysfs, topology-aware preferred allocation, the device-list
+//! strategies of NVIDIA's plug-in (env, volume mounts, device specs, CDI) and an
+//! optional reset before each container start. See `README.md` beside this crate.
 //!
 //! Everything it knows about the node comes through the host imports: the PCI list, the
-//! driver's `/proc/driver/nvidia/gpus/<address>/information` files and `/dev` lookups.
+//! driver's procfs files, sysfs attributes, `/dev` lookups and the kernel log.
 //! Nothing here panics on node or operator input; failures go back as WIT `error`s.
 
 mod allocate;
+mod cdi;
 mod config;
 mod enumerate;
 mod errors;
+mod health;
+mod json;
+mod order;
+mod prefer;
+mod reset;
+mod sharing;
+mod xid;
 
 wit_bindgen::generate!({ path: "../../wit", world: "device-plugin" });
 
@@ -16,15 +27,18 @@ use std::cell::RefCell;
 
 use exports::wdp::device_plugin::plugin::Guest;
 use wdp::device_plugin::types::{
-    ContainerAllocation, Device, Error, PreferredRequest, ResourceOptions, ResourceSpec,
+    ContainerAllocation, Device, Error, Health, PreferredRequest, ResourceOptions, ResourceSpec,
 };
 
 use config::Config;
+use health::Monitor;
 
 thread_local! {
     /// The configuration `configure` accepted. A component instance is single-threaded
     /// and `configure` runs once per instance before any other export.
     static CONFIG: RefCell<Config> = RefCell::new(Config::default());
+    /// Health memory: lives as long as the instance (the host keeps it between calls).
+    static MONITOR: RefCell<Monitor> = RefCell::new(Monitor::default());
 }
 
 /// Copy of the current configuration (small; keeps the borrow out of host calls).
@@ -32,14 +46,15 @@ fn config() -> Config {
     CONFIG.with(|c| c.borrow().clone())
 }
 
-/// Refuses any resource name other than the configured one.
+/// Refuses any resource name the configuration does not advertise.
 fn check_resource(config: &Config, resource: &str) -> Result<(), Error> {
-    if resource == config.resource_name {
+    let names = sharing::resource_names(config);
+    if names.iter().any(|n| n == resource) {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "unknown resource `{resource}`: this guest serves only `{}`",
-            config.resource_name
+            "unknown resource `{resource}`: this guest serves {}",
+            names.join(", ")
         )))
     }
 }
@@ -54,29 +69,53 @@ impl Guest for NvidiaGpu {
     }
 
     fn resources() -> Result<Vec<ResourceSpec>, Error> {
-        Ok(vec![ResourceSpec {
-            name: config().resource_name,
-            // Only what is implemented is advertised: no pre-start work is needed, and
-            // topology-aware preference is not implemented yet.
-            options: ResourceOptions {
-                pre_start_required: false,
-                preferred_allocation_available: false,
-            },
-        }])
+        let config = config();
+        Ok(sharing::resource_names(&config)
+            .into_iter()
+            .map(|name| ResourceSpec {
+                options: ResourceOptions {
+                    // The kubelet calls pre-start only where a GPU may be reset.
+                    pre_start_required: config.reset.enabled
+                        && sharing::may_hold_whole_gpus(&config, &name),
+                    preferred_allocation_available: true,
+                },
+                name,
+            })
+            .collect())
     }
 
     fn list_devices(resource: String) -> Result<Vec<Device>, Error> {
         let config = config();
         check_resource(&config, &resource)?;
-        let gpus = enumerate::gpus()?;
-        Ok(gpus
-            .iter()
-            .map(|gpu| Device {
-                id: gpu.id(config.device_id_strategy),
-                health: gpu.health,
-                numa_nodes: gpu.numa_node.into_iter().collect(),
-            })
-            .collect())
+        let scan = enumerate::scan()?;
+        let assessed = MONITOR.with(|m| m.borrow_mut().assess(&config.health, scan));
+        let mut devices = Vec::new();
+        for a in assessed {
+            let placement = sharing::placement(&config, &a.gpu);
+            if placement.resource != resource {
+                continue;
+            }
+            let health = if a.problems.is_empty() {
+                Health::Healthy
+            } else {
+                Health::Unhealthy
+            };
+            let numa_nodes: Vec<u32> = a.gpu.numa_node.into_iter().collect();
+            let id = a.gpu.id(config.device_id_strategy);
+            match placement.replicas {
+                None => devices.push(Device {
+                    id,
+                    health,
+                    numa_nodes,
+                }),
+                Some(n) => devices.extend((0..n).map(|k| Device {
+                    id: sharing::replica_id(&id, k),
+                    health,
+                    numa_nodes: numa_nodes.clone(),
+                })),
+            }
+        }
+        Ok(devices)
     }
 
     fn allocate(
@@ -85,23 +124,34 @@ impl Guest for NvidiaGpu {
     ) -> Result<Vec<ContainerAllocation>, Error> {
         let config = config();
         check_resource(&config, &resource)?;
-        allocate::allocate(&config, &containers)
+        allocate::allocate(&config, &resource, &containers)
     }
 
     fn preferred_allocation(
         resource: String,
-        _request: PreferredRequest,
+        request: PreferredRequest,
     ) -> Result<Vec<String>, Error> {
-        check_resource(&config(), &resource)?;
-        Err(Error::Other(
-            "preferred allocation is not implemented by the nvidia-gpu guest \
-             (the resource does not advertise it)"
-                .into(),
+        let config = config();
+        check_resource(&config, &resource)?;
+        let gpus = enumerate::gpus()?;
+        Ok(prefer::preferred(
+            &config,
+            &gpus,
+            &request.available,
+            &request.must_include,
+            usize::try_from(request.size).unwrap_or(usize::MAX),
         ))
     }
 
-    fn pre_start(resource: String, _device_ids: Vec<String>) -> Result<(), Error> {
-        check_resource(&config(), &resource)
+    fn pre_start(resource: String, device_ids: Vec<String>) -> Result<(), Error> {
+        let config = config();
+        check_resource(&config, &resource)?;
+        if !config.reset.enabled {
+            return Ok(());
+        }
+        let mut gpus = enumerate::gpus()?;
+        MONITOR.with(|m| m.borrow().add_remembered(&mut gpus));
+        reset::pre_start(&config, &resource, &gpus, &device_ids)
     }
 }
 

@@ -41,10 +41,15 @@ impl Host for NodeAccess {
             if seq <= seen {
                 continue;
             }
-            newest = newest.max(seq);
-            if message.contains(filter.as_str()) && lines.len() < MAX_LINES {
+            if message.contains(filter.as_str()) {
+                if lines.len() == MAX_LINES {
+                    // Full: stop before this line, so the next call starts with it and a
+                    // storm of matches never loses one.
+                    break;
+                }
                 lines.push(super::log::truncate(message, MAX_LINE_BYTES));
             }
+            newest = newest.max(seq);
         }
         self.kmsg_seen.store(newest, Ordering::Relaxed);
         Ok(lines)
@@ -140,5 +145,25 @@ mod tests {
             access(dir.path(), false).read_new("x".into()),
             Err(WitError::Denied(_))
         ));
+    }
+
+    #[test]
+    fn a_storm_is_handed_out_in_pages_without_losing_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let storm: String = (0..600)
+            .map(|i| {
+                format!(
+                    "4,{i},1,-;NVRM: Xid (PCI:0000:18:00): {}, pid=1\n",
+                    31 + i % 2
+                )
+            })
+            .collect();
+        std::fs::write(dir.path().join("dev/kmsg"), storm).unwrap();
+        let mut a = access(dir.path(), true);
+        let pages: Vec<usize> = (0..4)
+            .map(|_| a.read_new("NVRM: Xid".into()).unwrap().len())
+            .collect();
+        assert_eq!(pages, vec![MAX_LINES, MAX_LINES, 600 - 2 * MAX_LINES, 0]);
     }
 }

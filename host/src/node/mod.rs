@@ -1,6 +1,7 @@
 //! Assembles the layers for one node: loads the guests directory, serves a device
 //! plug-in per accepted resource, and follows the directory as operators change it.
 
+pub mod check;
 mod guests_dir;
 mod ops;
 mod supervisor;
@@ -64,6 +65,31 @@ pub struct Status {
     pub reloads_refused: u64,
 }
 
+/// The runtime `config` asks for: its cache and trusted keys.
+pub fn runtime(config: &HostConfig) -> Result<Runtime, NodeError> {
+    let mut runtime = Runtime::new(
+        config.host_root.clone(),
+        config.cdi_dir.clone(),
+        config.limits.clone(),
+    )
+    .map_err(NodeError::Runtime)?;
+    if let Some(dir) = &config.cache_dir {
+        match CompileCache::open(dir) {
+            Ok(cache) => runtime = runtime.with_cache(cache),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "compiled-guest cache unavailable; guests are compiled at every start"
+            ),
+        }
+    }
+    if let Some(keys) = &config.trusted_keys {
+        let keys = TrustedKeys::read(keys).map_err(NodeError::TrustedKeys)?;
+        runtime = runtime.with_trusted_keys(keys);
+    }
+    Ok(runtime)
+}
+
 /// The running host.
 pub struct Node {
     status: watch::Receiver<Status>,
@@ -78,26 +104,7 @@ impl Node {
     /// Bad guests and invalid resources are logged, recorded in [`Node::skipped`], and
     /// left out; the rest serve.
     pub async fn start(config: HostConfig) -> Result<Node, NodeError> {
-        let mut runtime = Runtime::new(
-            config.host_root.clone(),
-            config.cdi_dir.clone(),
-            config.limits.clone(),
-        )
-        .map_err(NodeError::Runtime)?;
-        if let Some(dir) = &config.cache_dir {
-            match CompileCache::open(dir) {
-                Ok(cache) => runtime = runtime.with_cache(cache),
-                Err(e) => tracing::warn!(
-                    dir = %dir.display(),
-                    error = %e,
-                    "compiled-guest cache unavailable; guests are compiled at every start"
-                ),
-            }
-        }
-        if let Some(keys) = &config.trusted_keys {
-            let keys = TrustedKeys::read(keys).map_err(NodeError::TrustedKeys)?;
-            runtime = runtime.with_trusted_keys(keys);
-        }
+        let runtime = runtime(&config)?;
         // Fail early on an unreadable directory; later scans only log.
         std::fs::read_dir(&config.guests_dir).map_err(|source| NodeError::GuestsDir {
             dir: config.guests_dir.clone(),

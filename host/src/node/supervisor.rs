@@ -141,7 +141,9 @@ impl Supervisor {
         self.failed.remove(&name);
 
         let mut skipped = Vec::new();
-        let accepted = self.accept_resources(&name, &files, &guest, &mut skipped);
+        let served = &self.served;
+        let taken = |resource: &str| served.get(resource).is_some_and(|s| s.guest != name);
+        let accepted = accept_resources(&files, &guest, taken, &mut skipped);
         // Resources this guest no longer advertises, or whose options changed (the
         // kubelet reads options at registration), stop; the rest switch backends.
         let previous: Vec<String> = self
@@ -180,52 +182,6 @@ impl Supervisor {
         }
         self.skipped.insert(name.clone(), skipped);
         self.guests.insert(name, files.fingerprint);
-    }
-
-    /// The guest's resources that may be registered; the others go to `skipped`.
-    fn accept_resources(
-        &self,
-        name: &str,
-        files: &GuestFiles,
-        guest: &Guest,
-        skipped: &mut Vec<Skipped>,
-    ) -> Vec<ResourceSpec> {
-        let path = files.wasm.display();
-        let mut accepted = Vec::new();
-        for spec in guest.resources() {
-            let refusal = if let Err(e) = name::validate(&spec.name) {
-                Some(format!("{path}: {e}"))
-            } else if !guest.grant().allows_resource(&spec.name) {
-                Some(format!(
-                    "{path}: resource {} is outside the prefixes its policy grants ({})",
-                    spec.name,
-                    guest.grant().resource_prefixes.join(", ")
-                ))
-            } else if self.served.get(&spec.name).is_some_and(|s| s.guest != name) {
-                Some(format!(
-                    "{path}: resource {} is already served by another guest",
-                    spec.name
-                ))
-            } else if accepted.iter().any(|a: &ResourceSpec| a.name == spec.name) {
-                Some(format!(
-                    "{path}: resource {} is advertised twice",
-                    spec.name
-                ))
-            } else {
-                None
-            };
-            match refusal {
-                Some(reason) => {
-                    tracing::error!(guest = name, %reason, "resource not registered; correct the guest's configuration or policy");
-                    skipped.push(Skipped {
-                        path: files.wasm.clone(),
-                        reason,
-                    });
-                }
-                None => accepted.push(spec.clone()),
-            }
-        }
-        accepted
     }
 
     async fn serve(&mut self, guest_name: &str, guest: &Guest, spec: ResourceSpec) {
@@ -311,9 +267,55 @@ impl Supervisor {
     }
 }
 
+/// The guest's resources that may be registered (valid names, within the policy's
+/// prefixes, not `taken` by another guest, advertised once); the others go to `skipped`.
+pub(super) fn accept_resources(
+    files: &GuestFiles,
+    guest: &Guest,
+    taken: impl Fn(&str) -> bool,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<ResourceSpec> {
+    let path = files.wasm.display();
+    let mut accepted: Vec<ResourceSpec> = Vec::new();
+    for spec in guest.resources() {
+        let refusal = if let Err(e) = name::validate(&spec.name) {
+            Some(format!("{path}: {e}"))
+        } else if !guest.grant().allows_resource(&spec.name) {
+            Some(format!(
+                "{path}: resource {} is outside the prefixes its policy grants ({})",
+                spec.name,
+                guest.grant().resource_prefixes.join(", ")
+            ))
+        } else if taken(&spec.name) {
+            Some(format!(
+                "{path}: resource {} is already served by another guest",
+                spec.name
+            ))
+        } else if accepted.iter().any(|a| a.name == spec.name) {
+            Some(format!(
+                "{path}: resource {} is advertised twice",
+                spec.name
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(reason) => {
+                tracing::error!(guest = %files.name, %reason, "resource not registered; correct the guest's configuration or policy");
+                skipped.push(Skipped {
+                    path: files.wasm.clone(),
+                    reason,
+                });
+            }
+            None => accepted.push(spec.clone()),
+        }
+    }
+    accepted
+}
+
 /// Loads one guest with its policy and configuration. A guest without a policy is not
 /// loaded: guests are denied everything by default.
-async fn load_guest(
+pub(super) async fn load_guest(
     runtime: &Runtime,
     files: &GuestFiles,
     config: &HostConfig,

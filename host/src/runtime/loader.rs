@@ -122,7 +122,7 @@ impl Runtime {
             })
     }
 
-    async fn read_checked(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
+    pub(crate) async fn read_checked(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
         let read = |source| LoadError::Read {
             path: path.to_owned(),
             source,

@@ -11,6 +11,7 @@ mod convert;
 pub mod engine;
 pub mod error;
 pub mod guest;
+pub mod inspect;
 pub mod limits;
 pub mod loader;
 pub mod signature;

@@ -1,0 +1,130 @@
+//! Command-line arguments and how they become the host's configuration.
+//!
+//! Precedence is flags, then environment variables, then the config file (`--config`),
+//! then defaults, as NVIDIA's plug-in does: `config_file::load` turns the file's entries
+//! into environment defaults before the command line is parsed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
+use wasm_device_plugin::kubelet::RegistrationMode;
+use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Registration {
+    Direct,
+    Watcher,
+}
+
+/// Where the node and the guests are: shared by `run` and `check`.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// Root under which /sys, /proc and /dev are read (a fixture tree for testing).
+    #[arg(long, env = "WDP_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+    /// Directory of <name>.wasm guests with their <name>.policy.json and optional config.
+    #[arg(long, env = "WDP_GUESTS_DIR", default_value = DEFAULT_GUESTS_DIR)]
+    pub guests_dir: PathBuf,
+    /// Host-private directory for compiled guests, so restarts skip compilation
+    /// (use an emptyDir; never a directory others can write).
+    #[arg(long, env = "WDP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// File of trusted Ed25519 public keys (hex, one per line); when set, only guests
+    /// with a valid <name>.wasm.sig load.
+    #[arg(long, env = "WDP_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Node directory for CDI specs written by guests.
+    #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
+    pub cdi_dir: PathBuf,
+}
+
+impl NodeArgs {
+    /// The host configuration these locations give (other settings at their defaults).
+    pub fn config(&self, device_plugin_dir: &std::path::Path) -> HostConfig {
+        let mut config = HostConfig::new(&self.host_root, &self.guests_dir, device_plugin_dir);
+        config.cache_dir = self.cache_dir.clone();
+        config.trusted_keys = self.trusted_keys.clone();
+        config.cdi_dir = self.cdi_dir.clone();
+        config
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The kubelet's device-plugin directory (holds kubelet.sock).
+    #[arg(long, env = "WDP_DEVICE_PLUGIN_DIR", default_value = kubelet_api::v1beta1::DEVICE_PLUGIN_PATH)]
+    pub device_plugin_dir: PathBuf,
+    /// Seconds between device re-enumerations; only changes reach the kubelet.
+    #[arg(long, env = "WDP_RESCAN_SECONDS", default_value_t = 5.0)]
+    pub rescan_seconds: f64,
+    /// Seconds between checks of the guests directory for changes (hot reload).
+    #[arg(long, env = "WDP_RELOAD_SECONDS", default_value_t = 1.0)]
+    pub reload_seconds: f64,
+    /// How the kubelet learns about each resource: `direct` (Register on kubelet.sock)
+    /// or `watcher` (a socket in the plugin watcher's directory).
+    #[arg(long, env = "WDP_REGISTRATION", value_enum, default_value = "direct")]
+    pub registration: Registration,
+    /// The plugin watcher's directory, for `--registration watcher`.
+    #[arg(long, env = "WDP_PLUGINS_REGISTRY_DIR", default_value = kubelet_api::pluginregistration::PLUGINS_REGISTRY_PATH)]
+    pub plugins_registry_dir: PathBuf,
+    /// The kubelet's pod-resources socket, polled to tell guests when devices are
+    /// released (the device plug-in API has no "deallocate").
+    #[arg(long, env = "WDP_POD_RESOURCES_SOCKET", default_value = kubelet_api::podresources::SOCKET)]
+    pub pod_resources_socket: PathBuf,
+    /// Seconds between pod-resources polls.
+    #[arg(long, env = "WDP_RELEASE_POLL_SECONDS", default_value_t = 5.0)]
+    pub release_poll_seconds: f64,
+    /// Do not poll pod resources (guests are then never told about releases).
+    #[arg(long, env = "WDP_NO_RELEASE_DETECTION")]
+    pub no_release_detection: bool,
+    /// Address for /metrics (Prometheus), /healthz and /readyz; `off` to disable.
+    #[arg(long, env = "WDP_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: String,
+}
+
+impl RunArgs {
+    /// The host configuration: flags, then environment, then the config file, then defaults.
+    pub fn config(self) -> anyhow::Result<HostConfig> {
+        let args = self;
+        anyhow::ensure!(
+            args.rescan_seconds.is_finite() && args.rescan_seconds >= 0.1,
+            "--rescan-seconds must be at least 0.1"
+        );
+        anyhow::ensure!(
+            args.reload_seconds.is_finite() && args.reload_seconds >= 0.1,
+            "--reload-seconds must be at least 0.1"
+        );
+        let mut config = args.node.config(&args.device_plugin_dir);
+        config.rescan_interval = Duration::from_secs_f64(args.rescan_seconds);
+        config.reload_interval = Duration::from_secs_f64(args.reload_seconds);
+        config.metrics_addr = match args.metrics_addr.as_str() {
+            "off" => None,
+            addr => Some(
+                addr.parse()
+                    .with_context(|| format!("--metrics-addr {addr:?} is not host:port"))?,
+            ),
+        };
+        if !args.no_release_detection {
+            anyhow::ensure!(
+                args.release_poll_seconds.is_finite() && args.release_poll_seconds >= 0.1,
+                "--release-poll-seconds must be at least 0.1"
+            );
+            config.pod_resources = Some(PodResourcesConfig {
+                socket: args.pod_resources_socket,
+                interval: Duration::from_secs_f64(args.release_poll_seconds),
+            });
+        }
+        config.kubelet.mode = match args.registration {
+            Registration::Direct => RegistrationMode::Direct,
+            Registration::Watcher => RegistrationMode::PluginWatcher {
+                registry_dir: args.plugins_registry_dir,
+            },
+        };
+        Ok(config)
+    }
+}

@@ -1,0 +1,65 @@
+//! `wasm-device-plugin check`: what the host would advertise on this node (or fixture),
+//! without registering anything — every guest loaded, checked and enumerated once.
+
+use std::path::PathBuf;
+
+use super::guests_dir;
+use super::supervisor::{accept_resources, load_guest};
+use super::{NodeError, Skipped};
+use crate::config::HostConfig;
+use crate::device::{Device, ResourceSpec};
+use crate::resource::service::MAX_DEVICES;
+use crate::resource::snapshot::Snapshot;
+
+/// One resource as the kubelet would be offered it.
+#[derive(Debug)]
+pub struct CheckedResource {
+    pub guest: String,
+    pub wasm: PathBuf,
+    pub spec: ResourceSpec,
+    /// The devices, or why enumeration failed.
+    pub devices: Result<Vec<Device>, String>,
+}
+
+/// Everything `check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub resources: Vec<CheckedResource>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Loads every guest of `config.guests_dir` against `config.host_root` and enumerates its
+/// resources once, applying the same checks as `run`.
+pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
+    let runtime = super::runtime(config)?;
+    let mut report = CheckReport::default();
+    for files in guests_dir::scan(&config.guests_dir)? {
+        let guest = match load_guest(&runtime, &files, config).await {
+            Ok(guest) => guest,
+            Err(reason) => {
+                report.skipped.push(Skipped {
+                    path: files.wasm.clone(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        let taken = |name: &str| report.resources.iter().any(|r| r.spec.name == name);
+        let accepted = accept_resources(&files, &guest, taken, &mut report.skipped);
+        for spec in accepted {
+            let devices = match guest.list_devices(&spec.name).await {
+                Ok(devices) => Snapshot::new(devices, MAX_DEVICES)
+                    .map(|s| s.devices().to_vec())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            report.resources.push(CheckedResource {
+                guest: files.name.clone(),
+                wasm: files.wasm.clone(),
+                spec,
+                devices,
+            });
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,186 @@
+//! The binary's offline commands, as an operator runs them: `check` against a fixture,
+//! `inspect`, `compile`, `keygen` + `sign`, and the config file's place in the
+//! precedence (flags, then environment, then the file).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasm-device-plugin");
+
+/// A DGX fixture and a guests directory with the NVIDIA guest and its policy.
+fn node() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    testkit::SimNode::dgx_h100(&root).expect("fixture");
+    let guests = dir.path().join("guests");
+    std::fs::create_dir_all(&guests).unwrap();
+    std::fs::write(
+        guests.join("nvidia-gpu.wasm"),
+        testkit::guests::NVIDIA_GPU_WASM,
+    )
+    .unwrap();
+    std::fs::write(
+        guests.join("nvidia-gpu.policy.json"),
+        testkit::guests::NVIDIA_GPU_POLICY,
+    )
+    .unwrap();
+    (dir, root, guests)
+}
+
+fn run(args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("WDP_GUESTS_DIR")
+        .env_remove("WDP_HOST_ROOT")
+        .env_remove("WDP_CONFIG");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().expect("run the binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `check` prints what would be advertised and fails when something is refused.
+#[test]
+fn check_shows_what_would_be_advertised() {
+    let (_dir, root, guests) = node();
+    let ok = run(
+        &[
+            "check",
+            "--host-root",
+            &root.display().to_string(),
+            "--guests-dir",
+            &guests.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    let text = stdout(&ok);
+    assert!(text.contains("nvidia.com/gpu"), "{text}");
+    assert_eq!(text.matches("Healthy").count(), 8, "{text}");
+
+    std::fs::write(guests.join("broken.wasm"), "nope").unwrap();
+    std::fs::write(guests.join("broken.policy.json"), "{}").unwrap();
+    let refused = run(
+        &[
+            "check",
+            "--host-root",
+            &root.display().to_string(),
+            "--guests-dir",
+            &guests.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stdout(&refused).contains("not a WebAssembly binary"),
+        "{refused:?}"
+    );
+}
+
+/// Flags beat the environment, the environment beats the config file, the file beats
+/// the built-in default.
+#[test]
+fn config_file_environment_and_flags_in_that_order() {
+    let (dir, root, guests) = node();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"host-root": "{}", "guests-dir": "{}"}}"#,
+            root.display(),
+            guests.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let from_file = run(&["check", "--config", &config_arg], &[]);
+    assert!(
+        stdout(&from_file).contains("nvidia.com/gpu"),
+        "the file sets the guests: {from_file:?}"
+    );
+    let env_wins = run(
+        &["check", "--config", &config_arg],
+        &[("WDP_GUESTS_DIR", &empty)],
+    );
+    assert!(
+        stdout(&env_wins).contains("nothing would be advertised"),
+        "the environment beats the file: {env_wins:?}"
+    );
+    let flag_wins = run(
+        &[
+            "check",
+            "--config",
+            &config_arg,
+            "--guests-dir",
+            &guests.display().to_string(),
+        ],
+        &[("WDP_GUESTS_DIR", &empty)],
+    );
+    assert!(
+        stdout(&flag_wins).contains("nvidia.com/gpu"),
+        "the flag beats the environment: {flag_wins:?}"
+    );
+}
+
+/// `inspect` names the contract, the imports and the resources; `compile` fills the
+/// cache once; `keygen` + `sign` produce a signature `inspect` verifies.
+#[test]
+fn inspect_compile_and_sign() {
+    let (dir, root, guests) = node();
+    let wasm = guests.join("nvidia-gpu.wasm").display().to_string();
+    let root_arg = root.display().to_string();
+    let text = stdout(&run(&["inspect", &wasm, "--host-root", &root_arg], &[]));
+    for expected in [
+        "wdp:device-plugin@0.1",
+        "wdp:device-plugin/sysfs@0.1",
+        "nvidia.com/gpu",
+        "unsigned",
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
+
+    let cache = dir.path().join("cache").display().to_string();
+    let first = stdout(&run(&["compile", "--cache-dir", &cache, &wasm], &[]));
+    let second = stdout(&run(&["compile", "--cache-dir", &cache, &wasm], &[]));
+    assert!(
+        first.contains("Compiled") && second.contains("Hit"),
+        "{first} / {second}"
+    );
+
+    let key = dir.path().join("ops");
+    assert!(
+        run(&["keygen", "--out", &key.display().to_string()], &[])
+            .status
+            .success()
+    );
+    let signed = run(
+        &[
+            "sign",
+            "--key",
+            &key.with_extension("key").display().to_string(),
+            &wasm,
+        ],
+        &[],
+    );
+    assert!(signed.status.success(), "{signed:?}");
+    let trusted = key.with_extension("pub").display().to_string();
+    let text = stdout(&run(
+        &[
+            "inspect",
+            &wasm,
+            "--host-root",
+            &root_arg,
+            "--trusted-keys",
+            &trusted,
+        ],
+        &[],
+    ));
+    assert!(text.contains("valid (trusted key)"), "{text}");
+}
