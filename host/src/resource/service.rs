@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
@@ -67,6 +67,8 @@ pub struct ResourceService {
     host_root: PathBuf,
     snapshot: watch::Sender<Snapshot>,
     failures: AtomicU32,
+    /// Whether the last refresh found the backend degraded (to log transitions only).
+    degraded: AtomicBool,
 }
 
 impl ResourceService {
@@ -84,6 +86,7 @@ impl ResourceService {
             host_root: host_root.into(),
             snapshot: watch::Sender::new(Snapshot::default()),
             failures: AtomicU32::new(0),
+            degraded: AtomicBool::new(false),
         }
     }
 
@@ -145,13 +148,23 @@ impl ResourceService {
             .and_then(|devices| Snapshot::new(devices, MAX_DEVICES).map_err(|e| e.to_string()));
         match listed {
             Ok(mut fresh) => {
-                if let Some(why) = vendor.backend.degraded() {
-                    tracing::warn!(
+                let degraded = vendor.backend.degraded();
+                let was_degraded = self.degraded.swap(degraded.is_some(), Ordering::Relaxed);
+                match &degraded {
+                    Some(why) if !was_degraded => tracing::warn!(
                         resource = %self.spec.name,
                         guest = vendor.backend.name(),
                         why,
                         "reporting every device Unhealthy while the guest keeps faulting; it is offered again after a quiet period"
-                    );
+                    ),
+                    None if was_degraded => tracing::info!(
+                        resource = %self.spec.name,
+                        guest = vendor.backend.name(),
+                        "the guest's quiet period is over; offering its devices again"
+                    ),
+                    _ => {}
+                }
+                if degraded.is_some() {
                     fresh = fresh.all_unhealthy();
                 }
                 if self.failures.swap(0, Ordering::Relaxed) >= FAILURES_BEFORE_UNHEALTHY {
