@@ -7,11 +7,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use integration_tests::{Harness, WAIT};
+use integration_tests::Harness;
+use integration_tests::view::*;
 use kubelet_api::v1beta1 as pb;
 use prost::Message;
 use serde_json::{Value, json};
-use testkit::kubelet::ResourceView;
 use testkit::{RocePorts, SimNic, SimNode};
 use tonic::Code;
 use wasm_device_plugin::node::Node;
@@ -62,53 +62,6 @@ fn with_roce_nic(node: &mut SimNode) {
 /// One pool's configuration.
 fn config(pools: Value) -> Option<Value> {
     Some(json!({ "pools": pools }))
-}
-
-/// Waits until the kubelet's open stream for `resource` satisfies `check`.
-async fn wait_until(
-    h: &Harness,
-    resource: &str,
-    check: impl Fn(&ResourceView) -> bool,
-) -> ResourceView {
-    h.kubelet
-        .wait_for(resource, WAIT, |v| v.connected && check(v))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ids(view: &ResourceView) -> BTreeSet<String> {
-    view.devices.iter().map(|d| d.id.clone()).collect()
-}
-
-fn device<'a>(view: &'a ResourceView, id: &str) -> Option<&'a pb::Device> {
-    view.devices.iter().find(|d| d.id == id)
-}
-
-fn health<'a>(view: &'a ResourceView, id: &str) -> Option<&'a str> {
-    device(view, id).map(|d| d.health.as_str())
-}
-
-fn numa_nodes(device: &pb::Device) -> Vec<i64> {
-    device
-        .topology
-        .as_ref()
-        .map(|t| t.nodes.iter().map(|n| n.id).collect())
-        .unwrap_or_default()
-}
-
-/// `Allocate` with one entry per container, finishing within [`WAIT`].
-async fn allocate(
-    h: &Harness,
-    resource: &str,
-    containers: &[&[&str]],
-) -> Result<pb::AllocateResponse, tonic::Status> {
-    let containers = containers
-        .iter()
-        .map(|ids| ids.iter().map(|s| s.to_string()).collect())
-        .collect();
-    tokio::time::timeout(WAIT, h.kubelet.allocate(resource, containers))
-        .await
-        .expect("Allocate returns")
 }
 
 /// Allocates one container and returns its answer.

@@ -9,11 +9,11 @@ mod nvidia_support;
 
 use std::collections::BTreeSet;
 
+use integration_tests::view::*;
 use integration_tests::{Harness, WAIT};
 use kubelet_api::v1beta1 as pb;
 use nvidia_support as nv;
 use testkit::SimGpu;
-use testkit::kubelet::ResourceView;
 use tonic::Code;
 
 const GPU: &str = "nvidia.com/gpu";
@@ -38,49 +38,6 @@ async fn serving(config: Option<&str>, resource: &str) -> Harness {
     h.start_host().await;
     wait_until(&h, resource, |v| v.devices.len() == 8).await;
     h
-}
-
-/// Waits until the kubelet's open stream for `resource` satisfies `check`.
-async fn wait_until(
-    h: &Harness,
-    resource: &str,
-    check: impl Fn(&ResourceView) -> bool,
-) -> ResourceView {
-    h.kubelet
-        .wait_for(resource, WAIT, |v| v.connected && check(v))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ids(view: &ResourceView) -> BTreeSet<String> {
-    view.devices.iter().map(|d| d.id.clone()).collect()
-}
-
-fn device<'a>(view: &'a ResourceView, id: &str) -> Option<&'a pb::Device> {
-    view.devices.iter().find(|d| d.id == id)
-}
-
-fn numa_nodes(device: &pb::Device) -> Vec<i64> {
-    device
-        .topology
-        .as_ref()
-        .map(|t| t.nodes.iter().map(|n| n.id).collect())
-        .unwrap_or_default()
-}
-
-/// `Allocate` with one entry per container, finishing within [`WAIT`].
-async fn allocate(
-    h: &Harness,
-    resource: &str,
-    containers: &[&[&str]],
-) -> Result<pb::AllocateResponse, tonic::Status> {
-    let containers = containers
-        .iter()
-        .map(|ids| ids.iter().map(|s| s.to_string()).collect())
-        .collect();
-    tokio::time::timeout(WAIT, h.kubelet.allocate(resource, containers))
-        .await
-        .expect("Allocate returns")
 }
 
 /// Host paths of a container's device specs, checking each is `rw` at the same path inside.

@@ -1,10 +1,12 @@
 //! Set-up shared by the NVIDIA guest's test files: the mixed L40S + A100 node, the guest
-//! with a configuration and a policy, and small readers of what the kubelet sees.
+//! with a configuration and a policy, and small readers of what the kubelet sees. Each
+//! test binary that includes it uses a different part.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeSet;
 
+pub use integration_tests::view::{allocate, health, ids, wait_until};
 use integration_tests::{Harness, WAIT};
 use kubelet_api::v1beta1 as pb;
 use testkit::SimNode;
@@ -53,51 +55,12 @@ pub async fn mixed_serving(config: Option<&str>, resource: &str, devices: usize)
     h
 }
 
-/// Waits until the kubelet's open stream for `resource` satisfies `check`.
-pub async fn wait_until(
-    h: &Harness,
-    resource: &str,
-    check: impl Fn(&ResourceView) -> bool,
-) -> ResourceView {
-    h.kubelet
-        .wait_for(resource, WAIT, |v| v.connected && check(v))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub fn ids(view: &ResourceView) -> BTreeSet<String> {
-    view.devices.iter().map(|d| d.id.clone()).collect()
-}
-
-/// The health the kubelet sees for `id` (None: not listed).
-pub fn health<'a>(view: &'a ResourceView, id: &str) -> Option<&'a str> {
-    view.devices
-        .iter()
-        .find(|d| d.id == id)
-        .map(|d| d.health.as_str())
-}
-
 pub fn is_healthy(view: &ResourceView, id: &str) -> bool {
     health(view, id) == Some(pb::HEALTHY)
 }
 
 pub fn is_unhealthy(view: &ResourceView, id: &str) -> bool {
     health(view, id) == Some(pb::UNHEALTHY)
-}
-
-/// `Allocate` with one entry per container, finishing within [`WAIT`].
-pub async fn allocate(
-    h: &Harness,
-    resource: &str,
-    containers: &[&[&str]],
-) -> Result<pb::AllocateResponse, tonic::Status> {
-    let containers = containers
-        .iter()
-        .map(|ids| ids.iter().map(|s| s.to_string()).collect())
-        .collect();
-    tokio::time::timeout(WAIT, h.kubelet.allocate(resource, containers))
-        .await
-        .expect("Allocate returns")
 }
 
 /// `GetPreferredAllocation` for one container; the answer's IDs.

@@ -174,3 +174,64 @@ pub fn add_widgets(node: &SimNode, class: &str, widgets: &[(String, Option<u32>)
         .collect();
     node.add_widgets(class, &borrowed).expect("widgets");
 }
+
+/// What tests read off the kubelet stand-in's view of a resource.
+pub mod view {
+    use std::collections::BTreeSet;
+
+    use kubelet_api::v1beta1 as pb;
+    use testkit::kubelet::ResourceView;
+
+    use super::{Harness, WAIT};
+
+    /// Waits until the kubelet's open stream for `resource` satisfies `check`.
+    pub async fn wait_until(
+        h: &Harness,
+        resource: &str,
+        check: impl Fn(&ResourceView) -> bool,
+    ) -> ResourceView {
+        h.kubelet
+            .wait_for(resource, WAIT, |v| v.connected && check(v))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The device IDs listed.
+    pub fn ids(view: &ResourceView) -> BTreeSet<String> {
+        view.devices.iter().map(|d| d.id.clone()).collect()
+    }
+
+    /// The listed device `id`.
+    pub fn device<'a>(view: &'a ResourceView, id: &str) -> Option<&'a pb::Device> {
+        view.devices.iter().find(|d| d.id == id)
+    }
+
+    /// The health the kubelet sees for `id` (None: not listed).
+    pub fn health<'a>(view: &'a ResourceView, id: &str) -> Option<&'a str> {
+        device(view, id).map(|d| d.health.as_str())
+    }
+
+    /// A device's NUMA nodes as the kubelet sees them.
+    pub fn numa_nodes(device: &pb::Device) -> Vec<i64> {
+        device
+            .topology
+            .as_ref()
+            .map(|t| t.nodes.iter().map(|n| n.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// `Allocate` with one entry per container, finishing within [`WAIT`].
+    pub async fn allocate(
+        h: &Harness,
+        resource: &str,
+        containers: &[&[&str]],
+    ) -> Result<pb::AllocateResponse, tonic::Status> {
+        let containers = containers
+            .iter()
+            .map(|ids| ids.iter().map(|s| s.to_string()).collect())
+            .collect();
+        tokio::time::timeout(WAIT, h.kubelet.allocate(resource, containers))
+            .await
+            .expect("Allocate returns")
+    }
+}
