@@ -7,12 +7,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Guest crates and the constant each becomes in `guests.rs`.
-const GUESTS: [(&str, &str); 4] = [
+const GUESTS: [(&str, &str); 5] = [
     ("nvidia-gpu", "NVIDIA_GPU"),
     ("conformance", "CONFORMANCE"),
     ("infiniband", "INFINIBAND"),
     ("wrong-world", "WRONG_WORLD"),
+    ("template", "TEMPLATE"),
 ];
+/// Library crates of the guests workspace that guests build on (no `.wasm` of their own).
+const LIBRARIES: [&str; 1] = ["sdk"];
 
 fn main() {
     let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));
@@ -29,7 +32,7 @@ fn main() {
         "cargo:rerun-if-changed={}",
         guests.join("Cargo.lock").display()
     );
-    for (krate, _) in GUESTS {
+    for krate in GUESTS.map(|(krate, _)| krate).iter().chain(&LIBRARIES) {
         println!("cargo:rerun-if-changed={}", guests.join(krate).display());
     }
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());

@@ -16,10 +16,10 @@ wit_bindgen::generate!({ path: "../../wit", world: "device-plugin-with-release" 
 use std::cell::RefCell;
 
 use exports::wdp::device_plugin::plugin::Guest;
-use wdp::device_plugin::{log, sysfs};
 use wdp::device_plugin::types::{
     ContainerAllocation, Device, Error, LogLevel, PreferredRequest, ResourceOptions, ResourceSpec,
 };
+use wdp::device_plugin::{log, sysfs};
 
 use config::{Config, Resource};
 use faults::{Fault, inject};
@@ -143,7 +143,10 @@ impl exports::wdp::device_plugin::lifecycle::Guest for Conformance {
         for id in &device_ids {
             sysfs::write_file(&format!("/sys/class/{class}/{id}/released"), "1")?;
         }
-        log::log(LogLevel::Info, &format!("released {name}: {}", device_ids.join(",")));
+        log::log(
+            LogLevel::Info,
+            &format!("released {name}: {}", device_ids.join(",")),
+        );
         Ok(())
     }
 }

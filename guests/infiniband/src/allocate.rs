@@ -8,8 +8,10 @@ use crate::config::{Config, Mode, Pool};
 use crate::discover::{self, Hca, Node, Port};
 use crate::json;
 use crate::pools::{self, Item};
-use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error, LogLevel};
-use crate::wdp::device_plugin::{cdi, log};
+use wdp_guest_sdk::alloc;
+use wdp_guest_sdk::cdi::{Spec, qualified_name};
+use wdp_guest_sdk::host::{cdi, log};
+use wdp_guest_sdk::types::{ContainerAllocation, DeviceSpec, Error, LogLevel};
 
 /// One HCA a container gets, with the ports whose MAD nodes it gets.
 #[derive(Debug)]
@@ -48,7 +50,7 @@ pub fn allocate(
             if let (Some(kind), Some(written)) = (&config.cdi_kind, &cdi_names) {
                 answer.cdi_devices = grants
                     .iter()
-                    .map(|g| format!("{kind}={}", g.hca.address))
+                    .map(|g| qualified_name(kind, &g.hca.address))
                     .filter(|name| written.contains(name))
                     .collect();
             }
@@ -60,36 +62,21 @@ pub fn allocate(
 /// Writes the CDI spec of `kind`: one device per HCA (named by PCI address), each with
 /// its uverbs, umad and issm nodes and the shared rdma_cm. Returns the names written.
 fn write_cdi_spec(kind: &str, node: &Node) -> Result<Vec<String>, Error> {
-    let devices: Vec<String> = node
-        .hcas
-        .iter()
-        .map(|hca| {
-            let mut paths: Vec<&str> = hca.uverbs.iter().map(String::as_str).collect();
-            for port in &hca.ports {
-                paths.extend(port.umad.iter().map(String::as_str));
-                paths.extend(port.issm.iter().map(String::as_str));
-            }
-            paths.extend(node.rdma_cm.as_deref());
-            let nodes: Vec<String> = paths
-                .iter()
-                .map(|p| format!(r#"{{"path":{}}}"#, json::quote(p)))
-                .collect();
-            format!(
-                r#"{{"name":{},"containerEdits":{{"deviceNodes":[{}]}}}}"#,
-                json::quote(&hca.address),
-                nodes.join(",")
-            )
-        })
-        .collect();
-    if devices.is_empty() {
+    let mut spec = Spec::new(kind);
+    for hca in &node.hcas {
+        let mut paths = hca.uverbs.clone();
+        for port in &hca.ports {
+            paths.extend(port.umad.iter().cloned());
+            paths.extend(port.issm.iter().cloned());
+        }
+        paths.extend(node.rdma_cm.clone());
+        spec.device(&hca.address, paths);
+    }
+    if spec.is_empty() {
         return Ok(Vec::new());
     }
-    let spec = format!(
-        r#"{{"cdiVersion":"0.6.0","kind":{},"devices":[{}]}}"#,
-        json::quote(kind),
-        devices.join(",")
-    );
-    cdi::write_spec(&spec)
+    // The host's refusal as it is: no context added (operators match on its text).
+    cdi::write_spec(&spec.to_json())
 }
 
 /// Shared slots: any slot of the pool gives every HCA of the pool with all its ports.
@@ -203,11 +190,7 @@ fn container_allocation(pool: &Pool, grants: &[Grant], node: &Node) -> Container
     let mut devices: Vec<DeviceSpec> = Vec::with_capacity(nodes.len());
     for path in nodes {
         if !devices.iter().any(|d| d.host_path == path) {
-            devices.push(DeviceSpec {
-                container_path: path.to_string(),
-                host_path: path.to_string(),
-                permissions: "rw".into(),
-            });
+            devices.push(alloc::device(path, "rw"));
         }
     }
     let envs = if grants.is_empty() {
@@ -225,10 +208,8 @@ fn container_allocation(pool: &Pool, grants: &[Grant], node: &Node) -> Container
     };
     ContainerAllocation {
         envs,
-        mounts: Vec::new(),
         devices,
-        annotations: Vec::new(),
-        cdi_devices: Vec::new(),
+        ..alloc::empty()
     }
 }
 

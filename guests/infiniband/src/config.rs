@@ -8,7 +8,7 @@
 //! ```
 
 use crate::json::{self, Object, Value, invalid};
-use crate::wdp::device_plugin::types::Error;
+use wdp_guest_sdk::types::Error;
 
 /// Most devices the host accepts in one resource's list, hence most shared slots.
 pub const MAX_SLOTS: u64 = 16_384;

@@ -5,10 +5,14 @@
 //! entry's `ibdev` file: `uverbs<K>`/`umad<K>`/`issm<K>` need not have K equal to N in
 //! `mlx5_N`, and a substring match would confuse `mlx5_1` with `mlx5_10`.
 
-use crate::errors::{context, message};
 use crate::health;
-use crate::wdp::device_plugin::types::{Error, LogLevel, PciDevice};
-use crate::wdp::device_plugin::{devfs, log, pci, sysfs};
+use wdp_guest_sdk::attr::list_or_empty;
+use wdp_guest_sdk::dev::present;
+use wdp_guest_sdk::error::message;
+use wdp_guest_sdk::host::sysfs;
+use wdp_guest_sdk::log::debug;
+use wdp_guest_sdk::pci::{self, Filter};
+use wdp_guest_sdk::types::{Error, PciDevice};
 
 const CLASS_INFINIBAND: &str = "/sys/class/infiniband";
 const CLASS_VERBS: &str = "/sys/class/infiniband_verbs";
@@ -18,10 +22,9 @@ const DEV_DIR: &str = "/dev/infiniband";
 /// The RDMA connection manager's node: one per node, shared by every HCA.
 pub const RDMA_CM: &str = "/dev/infiniband/rdma_cm";
 
-/// PCI class/subclass of an Ethernet and of an InfiniBand controller: the same
-/// ConnectX part shows either, depending on its ports' link-type firmware setting.
-const CLASS_ETHERNET: u32 = 0x0200;
-const CLASS_INFINIBAND_CTRL: u32 = 0x0207;
+/// Ethernet and InfiniBand controllers (PCI class/subclass `0x0200` and `0x0207`): the
+/// same ConnectX part shows either, depending on its ports' link-type firmware setting.
+const NETWORK: Filter = Filter::new().classes(&[0x0200, 0x0207]);
 
 /// What the node offers for RDMA right now.
 #[derive(Clone, Debug, Default)]
@@ -121,8 +124,7 @@ pub fn belonging<'a>(
 
 /// Takes a fresh look at the node.
 pub fn node() -> Result<Node, Error> {
-    let functions =
-        pci::list_devices().map_err(|e| context(e, "listing the node's PCI devices"))?;
+    let functions = pci::list_all()?;
     let names = list_or_empty(CLASS_INFINIBAND)?;
     let verbs = class_entries(CLASS_VERBS, &["uverbs"])?;
     let mad = class_entries(CLASS_MAD, &["umad", "issm"])?;
@@ -164,8 +166,7 @@ fn hca(
         ));
         return Ok(None);
     };
-    let class = f.class >> 8;
-    if class != CLASS_ETHERNET && class != CLASS_INFINIBAND_CTRL {
+    if !NETWORK.matches(f) {
         debug(&format!(
             "skipping RDMA device {name}: {address} has PCI class 0x{:06x}, not a network controller",
             f.class
@@ -252,39 +253,11 @@ fn class_entries(dir: &str, prefixes: &[&str]) -> Result<Vec<CharDev>, Error> {
     Ok(entries)
 }
 
-/// A directory's entries; a directory that does not exist has none (no RDMA stack, no
-/// net interfaces).
-fn list_or_empty(dir: &str) -> Result<Vec<String>, Error> {
-    match sysfs::list_dir(dir) {
-        Ok(names) => Ok(names),
-        Err(Error::NotFound(_)) => Ok(Vec::new()),
-        Err(e) => Err(context(e, &format!("listing {dir}"))),
-    }
-}
-
 fn present_nodes<'a>(entries: impl Iterator<Item = &'a CharDev>) -> Vec<String> {
     entries
         .map(CharDev::node_path)
         .filter(|path| present(path))
         .collect()
-}
-
-/// Whether a device node exists; a failed lookup counts as absent (logged).
-fn present(path: &str) -> bool {
-    match devfs::lookup(path) {
-        Ok(found) => found.is_some(),
-        Err(e) => {
-            log::log(
-                LogLevel::Warn,
-                &format!("cannot look up {path}: {}", message(e)),
-            );
-            false
-        }
-    }
-}
-
-fn debug(text: &str) {
-    log::log(LogLevel::Debug, text);
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! Small JSON helpers: a parser for the configuration that keeps keys in order and
 //! reads numbers as text, field-by-field readers whose errors name the field by its path
 //! (`pools[1].selectors.vendors[0]`, which serde's derived errors do only for unknown
-//! fields), and a writer for the allocation's info variable. Hand-written rather than
-//! serde_json because the guest must stay small (float parsing and formatting alone
-//! would cost more than all of this).
+//! fields), and a writer for the allocation's info variable (strings escaped by the
+//! SDK's writer). Hand-written rather than serde_json because the guest must stay small
+//! (float parsing and formatting alone would cost more than all of this).
 
-use crate::wdp::device_plugin::types::Error;
+use wdp_guest_sdk::types::Error;
+
+pub use wdp_guest_sdk::json::write_str as write_string;
 
 /// Deepest nesting accepted, so that hostile text cannot exhaust the stack.
 const MAX_DEPTH: usize = 32;
@@ -342,30 +344,6 @@ pub fn strings<'v>(value: &'v Value, path: &str) -> Result<Vec<(&'v str, String)
             string(item, &at).map(|s| (s, at))
         })
         .collect()
-}
-
-/// Appends `s` as a JSON string literal.
-/// `s` as a JSON string literal.
-pub fn quote(s: &str) -> String {
-    let mut out = String::new();
-    write_string(&mut out, s);
-    out
-}
-
-pub fn write_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Appends a JSON object whose values are all strings, in the given order.

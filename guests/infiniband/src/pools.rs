@@ -9,7 +9,7 @@
 
 use crate::config::{Config, Mode, Pool, Selectors, Unit};
 use crate::discover::{Hca, Node, Port};
-use crate::wdp::device_plugin::types::{Device, Health};
+use wdp_guest_sdk::types::{Device, Health};
 
 /// Whether an HCA passes every selector the pool sets (OR within one selector).
 pub fn selects(s: &Selectors, hca: &Hca) -> bool {

@@ -8,7 +8,7 @@
 //! Devices whose locations share a longer prefix are closer: same root complex, same
 //! switch, same adapter, same HCA.
 
-use crate::wdp::device_plugin::types::PreferredRequest;
+use wdp_guest_sdk::types::PreferredRequest;
 
 /// A device's location, from the farthest grouping to the nearest.
 pub type Location = Vec<String>;

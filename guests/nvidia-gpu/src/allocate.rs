@@ -7,11 +7,9 @@
 use crate::cdi;
 use crate::config::{Config, ListStrategy};
 use crate::enumerate::{self, Gpu};
-use crate::errors::message;
 use crate::sharing;
-use crate::wdp::device_plugin::devfs;
-use crate::wdp::device_plugin::log;
-use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error, LogLevel, Mount};
+use wdp_guest_sdk::types::{ContainerAllocation, Error, Mount};
+use wdp_guest_sdk::{alloc, dev};
 
 /// Driver-wide nodes every CUDA process needs besides its GPUs' own nodes; each is
 /// passed only when present (e.g. `nvidia-modeset` exists only with that module loaded).
@@ -104,13 +102,7 @@ fn container_allocation(
     // UUIDs whatever the ID strategy: the runtime reads indices as nvidia-smi/CUDA
     // indices, which need not equal the minor numbers this guest uses as indices.
     let uuids: Vec<&str> = gpus.iter().map(|g| g.uuid.as_str()).collect();
-    let mut answer = ContainerAllocation {
-        envs: Vec::new(),
-        mounts: Vec::new(),
-        devices: Vec::new(),
-        annotations: Vec::new(),
-        cdi_devices: Vec::new(),
-    };
+    let mut answer = alloc::empty();
     let visible = if config.uses(ListStrategy::Envvar) {
         uuids.join(",")
     } else if config.uses(ListStrategy::VolumeMounts) {
@@ -134,11 +126,7 @@ fn container_allocation(
             .iter()
             .map(|g| g.dev_path())
             .chain(control.iter().map(ToString::to_string))
-            .map(|path| DeviceSpec {
-                container_path: path.clone(),
-                host_path: path,
-                permissions: "rw".into(),
-            })
+            .map(|path| alloc::device(&path, "rw"))
             .collect();
     }
     if config.uses(ListStrategy::CdiCri) {
@@ -160,15 +148,6 @@ fn container_allocation(
 fn present_control_nodes() -> Vec<&'static str> {
     CONTROL_NODES
         .into_iter()
-        .filter(|path| match devfs::lookup(path) {
-            Ok(found) => found.is_some(),
-            Err(e) => {
-                log::log(
-                    LogLevel::Warn,
-                    &format!("cannot look up {path}: {}", message(e)),
-                );
-                false
-            }
-        })
+        .filter(|path| dev::present(path))
         .collect()
 }

@@ -1,79 +1,29 @@
 //! The CDI spec for `cdi-cri`: one device per GPU, named by UUID, with its device node;
-//! the driver's control nodes as spec-wide edits. Written from typed records (every
-//! string escaped by `json::write_str`); the host validates the result with the CNCF
+//! the driver's control nodes as spec-wide edits. Built with the SDK's `cdi::Spec`
+//! (every string escaped); the host validates the result with the CNCF
 //! `container-device-interface` crate, confines it to the guest's granted kinds and
 //! device nodes, and writes it atomically.
 
 use crate::enumerate::Gpu;
-use crate::errors::context;
-use crate::json::write_str;
-use crate::wdp::device_plugin::cdi;
-use crate::wdp::device_plugin::types::Error;
+use wdp_guest_sdk::cdi::Spec;
+use wdp_guest_sdk::types::Error;
 
-/// The oldest CDI version with everything used here that current runtimes read.
-const CDI_VERSION: &str = "0.6.0";
+pub use wdp_guest_sdk::cdi::qualified_name;
 
-/// One CDI device: its name and the device nodes it adds.
-struct Device<'a> {
-    name: &'a str,
-    nodes: Vec<String>,
-}
-
-/// `kind=name`, the form `cdi-devices` carries.
-pub fn qualified_name(kind: &str, name: &str) -> String {
-    format!("{kind}={name}")
-}
-
-/// `{"deviceNodes":[{"path":…},…]}`
-fn write_edits(out: &mut String, nodes: &[String]) {
-    out.push_str(r#"{"deviceNodes":["#);
-    for (i, path) in nodes.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(r#"{"path":"#);
-        write_str(out, path);
-        out.push('}');
+/// The spec for `gpus`.
+fn spec(kind: &str, gpus: &[Gpu], control: &[&str]) -> Spec {
+    let mut spec = Spec::new(kind);
+    for g in gpus {
+        spec.device(&g.uuid, vec![g.dev_path()]);
     }
-    out.push_str("]}");
-}
-
-/// The spec for `gpus` as JSON.
-pub fn spec_json(kind: &str, gpus: &[Gpu], control: &[&str]) -> String {
-    let devices: Vec<Device> = gpus
-        .iter()
-        .map(|g| Device {
-            name: &g.uuid,
-            nodes: vec![g.dev_path()],
-        })
-        .collect();
-    let mut out = String::from(r#"{"cdiVersion":"#);
-    write_str(&mut out, CDI_VERSION);
-    out.push_str(r#","kind":"#);
-    write_str(&mut out, kind);
-    out.push_str(r#","devices":["#);
-    for (i, device) in devices.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(r#"{"name":"#);
-        write_str(&mut out, device.name);
-        out.push_str(r#","containerEdits":"#);
-        write_edits(&mut out, &device.nodes);
-        out.push('}');
-    }
-    out.push_str(r#"],"containerEdits":"#);
-    let control: Vec<String> = control.iter().map(ToString::to_string).collect();
-    write_edits(&mut out, &control);
-    out.push('}');
-    out
+    spec.common_nodes(control.iter().map(ToString::to_string).collect());
+    spec
 }
 
 /// Writes (replaces) the spec of `kind` for every current GPU; returns the qualified
 /// names the host confirmed.
 pub fn write_spec(kind: &str, gpus: &[Gpu], control: &[&str]) -> Result<Vec<String>, Error> {
-    cdi::write_spec(&spec_json(kind, gpus, control))
-        .map_err(|e| context(e, &format!("writing the CDI spec for {kind}")))
+    spec(kind, gpus, control).write()
 }
 
 #[cfg(test)]
@@ -90,11 +40,12 @@ mod tests {
             numa_node: None,
             sysfs_path: String::new(),
         };
-        let json = spec_json(
+        let json = spec(
             "k8s.device-plugin.nvidia.com/gpu",
             &[gpu],
             &["/dev/nvidiactl"],
-        );
+        )
+        .to_json();
         assert_eq!(
             json,
             r#"{"cdiVersion":"0.6.0","kind":"k8s.device-plugin.nvidia.com/gpu","devices":[{"name":"GPU-1","containerEdits":{"deviceNodes":[{"path":"/dev/nvidia2"}]}}],"containerEdits":{"deviceNodes":[{"path":"/dev/nvidiactl"}]}}"#

@@ -2,8 +2,8 @@
 //! does not silently fall back to a default. Every error names the field (its path).
 //! `example-config.json` beside this crate documents every field.
 
-use crate::json::{self, Value};
-use crate::wdp::device_plugin::types::Error;
+use wdp_guest_sdk::json::{self, Value};
+use wdp_guest_sdk::types::Error;
 
 /// NVIDIA's "application" XIDs, ignored by default as NVIDIA's plug-in does: they are
 /// raised by a faulty program (illegal address, bad graphics engine exception,

@@ -2,15 +2,19 @@
 //! to the `nvidia` driver, joined with what the driver reports in procfs.
 
 use crate::config::DeviceIdStrategy;
-use crate::errors::{context, message};
-use crate::wdp::device_plugin::types::{Error, PciDevice};
-use crate::wdp::device_plugin::{pci, sysfs};
+use wdp_guest_sdk::attr::key_values;
+use wdp_guest_sdk::error::message;
+use wdp_guest_sdk::host::sysfs;
+use wdp_guest_sdk::pci::Filter;
+use wdp_guest_sdk::types::Error;
 
-const NVIDIA_VENDOR: u16 = 0x10de;
-/// PCI class/subclass (class code without the programming interface byte) of a
-/// VGA-compatible controller and of a 3D controller. NVSwitches (`0x0680`) fall outside.
-const CLASS_VGA: u32 = 0x0300;
-const CLASS_3D: u32 = 0x0302;
+/// Full NVIDIA GPUs, whatever their driver: VGA-compatible and 3D controllers
+/// (NVSwitches, `0x0680`, fall outside). Virtual functions belong to whoever owns the
+/// physical function (vGPU/SR-IOV).
+const GPUS: Filter = Filter::new()
+    .vendor(0x10de)
+    .classes(&[0x0300, 0x0302])
+    .physical();
 
 /// One GPU the node can offer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +77,8 @@ impl Information {
     /// Parses the file's `Key: <tabs/spaces> value` lines; the error says what is missing.
     pub fn parse(text: &str) -> Result<Information, String> {
         let (mut model, mut uuid, mut minor, mut excluded) = (None, None, None, false);
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim_matches(|c| c == ' ' || c == '\t');
-            match key.trim() {
+        for (key, value) in key_values(text) {
+            match key {
                 "Model" => model = Some(value.to_string()),
                 "GPU UUID" => uuid = Some(value.to_string()),
                 "Device Minor" => {
@@ -103,20 +103,10 @@ impl Information {
     }
 }
 
-/// Whether a PCI function is a full NVIDIA GPU (whatever its driver).
-fn is_gpu(dev: &PciDevice) -> bool {
-    let class = dev.class >> 8;
-    dev.vendor == NVIDIA_VENDOR
-        && (class == CLASS_VGA || class == CLASS_3D)
-        // Virtual functions belong to whoever owns the physical function (vGPU/SR-IOV).
-        && dev.physfn.is_none()
-}
-
 /// Looks at the node once.
 pub fn scan() -> Result<Scan, Error> {
-    let devices = pci::list_devices().map_err(|e| context(e, "listing the node's PCI devices"))?;
     let mut scan = Scan::default();
-    for dev in devices.iter().filter(|d| is_gpu(d)) {
+    for dev in &GPUS.list()? {
         // Unbound or vfio-pci GPUs are meant for VMs, not for containers.
         if dev.driver.as_deref() != Some("nvidia") {
             let driver = dev.driver.as_deref().unwrap_or("no driver");

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::HealthConfig;
 use crate::enumerate::{Gpu, Scan};
-use crate::errors::message;
 use crate::order::sort_by_key;
-use crate::wdp::device_plugin::types::LogLevel;
-use crate::wdp::device_plugin::{devfs, kmsg, log, sysfs};
 use crate::xid;
+use wdp_guest_sdk::attr;
+use wdp_guest_sdk::error::message;
+use wdp_guest_sdk::host::{devfs, kmsg, log, sysfs};
+use wdp_guest_sdk::types::LogLevel;
 
 /// One GPU with what is wrong with it now (healthy when nothing is).
 #[derive(Clone, Debug)]
@@ -227,8 +228,7 @@ fn device_node(gpu: &Gpu, problems: &mut Vec<String>) {
 /// is normal, while a narrow one means lanes failed to train.
 fn pcie_link(gpu: &Gpu, problems: &mut Vec<String>) {
     let read = |name: &str| -> Option<u32> {
-        let path = format!("/sys/bus/pci/devices/{}/{name}", gpu.address);
-        sysfs::read_file(&path).ok()?.trim().parse().ok()
+        attr::read_number(&format!("/sys/bus/pci/devices/{}/{name}", gpu.address))
     };
     if let (Some(current), Some(max)) = (read("current_link_width"), read("max_link_width"))
         && current < max

@@ -12,39 +12,20 @@ mod allocate;
 mod cdi;
 mod config;
 mod enumerate;
-mod errors;
 mod health;
-mod json;
 mod order;
 mod prefer;
 mod reset;
 mod sharing;
 mod xid;
 
-wit_bindgen::generate!({ path: "../../wit", world: "device-plugin" });
-
-use std::cell::RefCell;
-
-use exports::wdp::device_plugin::plugin::Guest;
-use wdp::device_plugin::types::{
+use wdp_guest_sdk::Plugin;
+use wdp_guest_sdk::types::{
     ContainerAllocation, Device, Error, Health, PreferredRequest, ResourceOptions, ResourceSpec,
 };
 
 use config::Config;
 use health::Monitor;
-
-thread_local! {
-    /// The configuration `configure` accepted. A component instance is single-threaded
-    /// and `configure` runs once per instance before any other export.
-    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
-    /// Health memory: lives as long as the instance (the host keeps it between calls).
-    static MONITOR: RefCell<Monitor> = RefCell::new(Monitor::default());
-}
-
-/// Copy of the current configuration (small; keeps the borrow out of host calls).
-fn config() -> Config {
-    CONFIG.with(|c| c.borrow().clone())
-}
 
 /// Refuses any resource name the configuration does not advertise.
 fn check_resource(config: &Config, resource: &str) -> Result<(), Error> {
@@ -59,24 +40,30 @@ fn check_resource(config: &Config, resource: &str) -> Result<(), Error> {
     }
 }
 
-struct NvidiaGpu;
+/// One instance's state: the configuration `configure` accepted, and the health memory,
+/// which lives as long as the instance (the host keeps it between calls).
+struct NvidiaGpu {
+    config: Config,
+    monitor: Monitor,
+}
 
-impl Guest for NvidiaGpu {
-    fn configure(text: String) -> Result<(), Error> {
-        let parsed = Config::parse(&text)?;
-        CONFIG.with(|c| *c.borrow_mut() = parsed);
-        Ok(())
+impl Plugin for NvidiaGpu {
+    fn configure(text: &str) -> Result<Self, Error> {
+        Ok(NvidiaGpu {
+            config: Config::parse(text)?,
+            monitor: Monitor::default(),
+        })
     }
 
-    fn resources() -> Result<Vec<ResourceSpec>, Error> {
-        let config = config();
-        Ok(sharing::resource_names(&config)
+    fn resources(&self) -> Result<Vec<ResourceSpec>, Error> {
+        let config = &self.config;
+        Ok(sharing::resource_names(config)
             .into_iter()
             .map(|name| ResourceSpec {
                 options: ResourceOptions {
                     // The kubelet calls pre-start only where a GPU may be reset.
                     pre_start_required: config.reset.enabled
-                        && sharing::may_hold_whole_gpus(&config, &name),
+                        && sharing::may_hold_whole_gpus(config, &name),
                     preferred_allocation_available: true,
                 },
                 name,
@@ -84,14 +71,14 @@ impl Guest for NvidiaGpu {
             .collect())
     }
 
-    fn list_devices(resource: String) -> Result<Vec<Device>, Error> {
-        let config = config();
-        check_resource(&config, &resource)?;
+    fn list_devices(&mut self, resource: &str) -> Result<Vec<Device>, Error> {
+        let config = &self.config;
+        check_resource(config, resource)?;
         let scan = enumerate::scan()?;
-        let assessed = MONITOR.with(|m| m.borrow_mut().assess(&config.health, scan));
+        let assessed = self.monitor.assess(&config.health, scan);
         let mut devices = Vec::new();
         for a in assessed {
-            let placement = sharing::placement(&config, &a.gpu);
+            let placement = sharing::placement(config, &a.gpu);
             if placement.resource != resource {
                 continue;
             }
@@ -119,23 +106,23 @@ impl Guest for NvidiaGpu {
     }
 
     fn allocate(
-        resource: String,
-        containers: Vec<Vec<String>>,
+        &mut self,
+        resource: &str,
+        containers: &[Vec<String>],
     ) -> Result<Vec<ContainerAllocation>, Error> {
-        let config = config();
-        check_resource(&config, &resource)?;
-        allocate::allocate(&config, &resource, &containers)
+        check_resource(&self.config, resource)?;
+        allocate::allocate(&self.config, resource, containers)
     }
 
     fn preferred_allocation(
-        resource: String,
-        request: PreferredRequest,
+        &mut self,
+        resource: &str,
+        request: &PreferredRequest,
     ) -> Result<Vec<String>, Error> {
-        let config = config();
-        check_resource(&config, &resource)?;
+        check_resource(&self.config, resource)?;
         let gpus = enumerate::gpus()?;
         Ok(prefer::preferred(
-            &config,
+            &self.config,
             &gpus,
             &request.available,
             &request.must_include,
@@ -143,16 +130,16 @@ impl Guest for NvidiaGpu {
         ))
     }
 
-    fn pre_start(resource: String, device_ids: Vec<String>) -> Result<(), Error> {
-        let config = config();
-        check_resource(&config, &resource)?;
+    fn pre_start(&mut self, resource: &str, device_ids: &[String]) -> Result<(), Error> {
+        let config = &self.config;
+        check_resource(config, resource)?;
         if !config.reset.enabled {
             return Ok(());
         }
         let mut gpus = enumerate::gpus()?;
-        MONITOR.with(|m| m.borrow().add_remembered(&mut gpus));
-        reset::pre_start(&config, &resource, &gpus, &device_ids)
+        self.monitor.add_remembered(&mut gpus);
+        reset::pre_start(config, resource, &gpus, device_ids)
     }
 }
 
-export!(NvidiaGpu);
+wdp_guest_sdk::export!(NvidiaGpu);

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use crate::allocate;
 use crate::config::Config;
 use crate::enumerate::Gpu;
-use crate::errors::{context, message};
 use crate::sharing;
-use crate::wdp::device_plugin::types::{Error, LogLevel};
-use crate::wdp::device_plugin::{log, sysfs};
+use wdp_guest_sdk::error::{context, message};
+use wdp_guest_sdk::host::{log, sysfs};
+use wdp_guest_sdk::types::{Error, LogLevel};
 
 /// Pause between looks at a GPU coming back from its reset.
 const POLL: Duration = Duration::from_millis(20);

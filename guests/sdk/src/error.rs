@@ -1,6 +1,6 @@
-//! Helpers for the WIT `error` variant: its message, and context added on the way up.
+//! The WIT `error` variant: its message, and context added on the way up.
 
-use crate::wdp::device_plugin::types::Error;
+use crate::types::Error;
 
 /// The operator-facing text of an error, whatever its case.
 pub fn message(e: Error) -> String {
@@ -14,7 +14,8 @@ pub fn message(e: Error) -> String {
     }
 }
 
-/// Prefixes an error's message with what the guest was doing, keeping its case.
+/// Prefixes an error's message with what the guest was doing, keeping its case (the host
+/// and the tests tell a refusal from a missing file by the case).
 pub fn context(e: Error, doing: &str) -> Error {
     match e {
         Error::InvalidConfig(m) => Error::InvalidConfig(format!("{doing}: {m}")),
@@ -23,5 +24,17 @@ pub fn context(e: Error, doing: &str) -> Error {
         Error::Denied(m) => Error::Denied(format!("{doing}: {m}")),
         Error::Io(m) => Error::Io(format!("{doing}: {m}")),
         Error::Other(m) => Error::Other(format!("{doing}: {m}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_keeps_the_case() {
+        let e = context(Error::NotFound("no such file".into()), "reading /sys/x");
+        assert!(matches!(&e, Error::NotFound(m) if m == "reading /sys/x: no such file"));
+        assert_eq!(message(e), "reading /sys/x: no such file");
     }
 }

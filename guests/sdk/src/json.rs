@@ -1,7 +1,7 @@
-//! A small JSON reader and string writer. serde's derived parsers cost this guest more
-//! than a third of its 190 KiB budget (the ConfigMap limit), so configuration is read
-//! into a plain tree here and checked field by field in `config`, and the CDI spec is
-//! written from typed records in `cdi` with [`write_str`] escaping every string.
+//! A small JSON reader and string writer for guests. serde's derived parsers cost a
+//! guest tens of kilobytes of its ~190 KiB budget (the client-side ConfigMap limit), so
+//! configuration is read into a plain tree and checked field by field, and JSON output
+//! (CDI specs, variables) is written with [`write_str`] escaping every string.
 
 /// A parsed JSON value. Numbers keep their text: the guest reads only whole numbers and
 /// parses them to the width each field needs.
@@ -28,9 +28,25 @@ impl Value {
             Value::Object(_) => "an object",
         }
     }
+
+    /// The member `key` of an object; none for other values and absent members.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The text of a string value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
-/// Deepest nesting accepted: a configuration needs four levels; recursion stays bounded.
+/// Deepest nesting accepted: configurations need a few levels; recursion stays bounded.
 const MAX_DEPTH: usize = 32;
 
 /// Parses a whole document; the error gives the line and column.
@@ -214,6 +230,13 @@ impl Parser<'_> {
     }
 }
 
+/// `s` as a JSON string literal.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(&mut out, s);
+    out
+}
+
 /// Appends `s` as a JSON string literal.
 pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
@@ -281,9 +304,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_members() {
+        let v = parse(r#"{"a": "x", "b": 1}"#).unwrap();
+        assert_eq!(v.get("a").and_then(Value::as_str), Some("x"));
+        assert_eq!(v.get("b").and_then(Value::as_str), None);
+        assert_eq!(v.get("c"), None);
+        assert_eq!(Value::Null.get("a"), None);
+    }
+
+    #[test]
     fn writes_escaped_strings() {
         let mut out = String::new();
         write_str(&mut out, "a\"b\\c\nd\u{1}é");
         assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
+        assert_eq!(quote("x\"y"), r#""x\"y""#);
     }
 }
