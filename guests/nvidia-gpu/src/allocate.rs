@@ -24,16 +24,29 @@ const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 const VOLUME_MOUNT_ROOT: &str = "/var/run/nvidia-container-devices";
 
 /// One answer per container, in request order.
+/// `last_scan` is what the last enumeration found: the answer comes from it when every ID
+/// is in it, else from a fresh scan (the node may have changed since).
 pub fn allocate(
     config: &Config,
     resource: &str,
     containers: &[Vec<String>],
+    last_scan: &[Gpu],
 ) -> Result<Vec<ContainerAllocation>, Error> {
-    // Re-enumerate: minors and UUIDs are only as current as the last look at the node.
-    let gpus = enumerate::gpus()?;
+    let resolves = |gpus: &[Gpu]| {
+        containers
+            .iter()
+            .all(|ids| resolve(config, resource, gpus, ids).is_ok())
+    };
+    let rescanned;
+    let gpus: &[Gpu] = if !last_scan.is_empty() && resolves(last_scan) {
+        last_scan
+    } else {
+        rescanned = enumerate::gpus()?;
+        &rescanned
+    };
     let assigned = containers
         .iter()
-        .map(|ids| resolve(config, resource, &gpus, ids))
+        .map(|ids| resolve(config, resource, gpus, ids))
         .collect::<Result<Vec<_>, Error>>()?;
     let needs_nodes = config.uses(ListStrategy::DeviceSpecs) || config.uses(ListStrategy::CdiCri);
     let control = if needs_nodes {
@@ -43,7 +56,7 @@ pub fn allocate(
     };
     // The spec must be on disk before the runtime resolves the names in the answer.
     let cdi_names = if config.uses(ListStrategy::CdiCri) {
-        cdi::write_spec(&config.cdi_kind, &gpus, &control)?
+        cdi::write_spec(&config.cdi_kind, gpus, &control)?
     } else {
         Vec::new()
     };

@@ -45,6 +45,10 @@ fn check_resource(config: &Config, resource: &str) -> Result<(), Error> {
 struct NvidiaGpu {
     config: Config,
     monitor: Monitor,
+    /// The GPUs the last enumeration found. Allocation and preference answer from it (the
+    /// host has already checked every ID against that list), so a pod start does not pay
+    /// for a scan of the whole PCI bus; they rescan only when an ID is not in it.
+    last_scan: Vec<enumerate::Gpu>,
 }
 
 impl Plugin for NvidiaGpu {
@@ -52,6 +56,7 @@ impl Plugin for NvidiaGpu {
         Ok(NvidiaGpu {
             config: Config::parse(text)?,
             monitor: Monitor::default(),
+            last_scan: Vec::new(),
         })
     }
 
@@ -75,6 +80,7 @@ impl Plugin for NvidiaGpu {
         let config = &self.config;
         check_resource(config, resource)?;
         let scan = enumerate::scan()?;
+        self.last_scan = scan.gpus.clone();
         let assessed = self.monitor.assess(&config.health, scan);
         let mut devices = Vec::new();
         for a in assessed {
@@ -111,7 +117,7 @@ impl Plugin for NvidiaGpu {
         containers: &[Vec<String>],
     ) -> Result<Vec<ContainerAllocation>, Error> {
         check_resource(&self.config, resource)?;
-        allocate::allocate(&self.config, resource, containers)
+        allocate::allocate(&self.config, resource, containers, &self.last_scan)
     }
 
     fn preferred_allocation(
@@ -120,7 +126,17 @@ impl Plugin for NvidiaGpu {
         request: &PreferredRequest,
     ) -> Result<Vec<String>, Error> {
         check_resource(&self.config, resource)?;
-        let gpus = enumerate::gpus()?;
+        let known = |id: &String| {
+            let (gpu_id, _) = sharing::split_id(id);
+            self.last_scan
+                .iter()
+                .any(|g| g.id(self.config.device_id_strategy) == gpu_id)
+        };
+        let gpus = if !self.last_scan.is_empty() && request.available.iter().all(known) {
+            self.last_scan.clone()
+        } else {
+            enumerate::gpus()?
+        };
         Ok(prefer::preferred(
             &self.config,
             &gpus,
