@@ -82,12 +82,10 @@ async fn register_like_the_watcher(socket: &Path) -> (pr::PluginInfo, Vec<pb::De
     (info, first.devices)
 }
 
-/// C32: GetInfo names the resource, type DevicePlugin, v1beta1 and an absolute endpoint
-/// that serves the device list; nothing is registered on kubelet.sock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_watcher_finds_a_socket_that_answers_get_info() {
+/// A host serving `n` widgets in plugin-watcher mode; returns it and the registry dir.
+async fn watched_host(n: usize) -> (Harness, PathBuf) {
     let mut h = Harness::empty().await;
-    add_widgets(&h.node, "widget", &widgets(3));
+    add_widgets(&h.node, "widget", &widgets(n));
     h.add_conformance(
         "widgets",
         json!({ "resources": [{ "name": WIDGET, "class": "widget" }] }),
@@ -99,6 +97,14 @@ async fn the_watcher_finds_a_socket_that_answers_get_info() {
         registry_dir: registry.clone(),
     };
     h.start_host_with(config).await;
+    (h, registry)
+}
+
+/// C32: GetInfo names the resource, type DevicePlugin, v1beta1 and an absolute endpoint
+/// that serves the device list; nothing is registered on kubelet.sock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_finds_a_socket_that_answers_get_info() {
+    let (h, registry) = watched_host(3).await;
 
     let socket = one_socket(&registry, None).await;
     let (info, devices) = register_like_the_watcher(&socket).await;
@@ -121,19 +127,7 @@ async fn the_watcher_finds_a_socket_that_answers_get_info() {
 /// watcher can register again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_registration_brings_a_fresh_socket() {
-    let mut h = Harness::empty().await;
-    add_widgets(&h.node, "widget", &widgets(1));
-    h.add_conformance(
-        "widgets",
-        json!({ "resources": [{ "name": WIDGET, "class": "widget" }] }),
-    );
-    let registry = h.tmp.path().join("plugins_registry");
-    std::fs::create_dir_all(&registry).unwrap();
-    let mut config = h.config();
-    config.kubelet.mode = RegistrationMode::PluginWatcher {
-        registry_dir: registry.clone(),
-    };
-    h.start_host_with(config).await;
+    let (_h, registry) = watched_host(1).await;
 
     let first = one_socket(&registry, None).await;
     let mut registration =
