@@ -517,24 +517,37 @@ async fn preferred_allocation_never_fails_the_kubelet() {
     }
 }
 
-/// C23: options advertise only what the guest implements, and PreStartContainer is handed
-/// to the guest only when it asked for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_implemented_calls_are_advertised_and_made() {
-    // Pre-start not required: the host answers without calling the (failing) guest.
+/// One widget served by a guest whose pre-start fails, once the kubelet can allocate it;
+/// returns the harness and the registration.
+async fn one_failing_pre_start(
+    resource: serde_json::Value,
+) -> (Harness, testkit::kubelet::Registration) {
     let mut h = Harness::empty().await;
     add_widgets(&h.node, "widget", &widgets(1));
     h.add_conformance(
         "widgets",
-        json!({ "resources": [widget_resource()], "faults": { "preStart": "error" } }),
+        json!({ "resources": [resource], "faults": { "preStart": "error" } }),
     );
     h.start_host().await;
-    let r = h
+    let registration = h
         .kubelet
         .wait_for_registrations(WIDGET, 1, WAIT)
         .await
         .unwrap()[0]
         .clone();
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.allocatable() == 1)
+        .await
+        .unwrap();
+    (h, registration)
+}
+
+/// C23: options advertise only what the guest implements, and PreStartContainer is handed
+/// to the guest only when it asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_implemented_calls_are_advertised_and_made() {
+    // Pre-start not required: the host answers without calling the (failing) guest.
+    let (h, r) = one_failing_pre_start(widget_resource()).await;
     assert_eq!(
         r.options,
         Some(pb::DevicePluginOptions {
@@ -543,31 +556,15 @@ async fn only_implemented_calls_are_advertised_and_made() {
         })
     );
     h.kubelet
-        .wait_for(WIDGET, WAIT, |v| v.allocatable() == 1)
-        .await
-        .unwrap();
-    h.kubelet
         .pre_start(WIDGET, vec!["w0".into()])
         .await
         .unwrap();
 
     // Pre-start required: advertised, and the guest's failure reaches the kubelet.
-    let mut h = Harness::empty().await;
-    add_widgets(&h.node, "widget", &widgets(1));
-    h.add_conformance(
-        "widgets",
-        json!({
-            "resources": [{ "name": WIDGET, "class": "widget", "preStartRequired": true, "preferredAllocation": true }],
-            "faults": { "preStart": "error" },
-        }),
-    );
-    h.start_host().await;
-    let r = h
-        .kubelet
-        .wait_for_registrations(WIDGET, 1, WAIT)
-        .await
-        .unwrap()[0]
-        .clone();
+    let (h, r) = one_failing_pre_start(
+        json!({ "name": WIDGET, "class": "widget", "preStartRequired": true, "preferredAllocation": true }),
+    )
+    .await;
     assert_eq!(
         r.options,
         Some(pb::DevicePluginOptions {
@@ -575,10 +572,6 @@ async fn only_implemented_calls_are_advertised_and_made() {
             get_preferred_allocation_available: true
         })
     );
-    h.kubelet
-        .wait_for(WIDGET, WAIT, |v| v.allocatable() == 1)
-        .await
-        .unwrap();
     let err = h
         .kubelet
         .pre_start(WIDGET, vec!["w0".into()])
