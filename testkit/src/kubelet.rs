@@ -193,12 +193,22 @@ impl KubeletStandIn {
     }
 
     /// Removes every socket in the device-plugin directory (files and directories stay).
+    /// A socket that vanishes meanwhile (its plug-in is replacing it) is already gone.
     pub fn remove_plugin_sockets(&self) -> std::io::Result<()> {
         use std::os::unix::fs::FileTypeExt;
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for entry in std::fs::read_dir(self.dir())? {
             let entry = entry?;
-            if entry.file_type()?.is_socket() {
-                std::fs::remove_file(entry.path())?;
+            let is_socket = match entry.file_type() {
+                Ok(t) => t.is_socket(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if is_socket {
+                match std::fs::remove_file(entry.path()) {
+                    Err(e) if !gone(&e) => return Err(e),
+                    _ => {}
+                }
             }
         }
         Ok(())
