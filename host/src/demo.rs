@@ -178,7 +178,11 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     host.shutdown().await;
-    let after = kubelet.resource(RESOURCE).unwrap_or_default();
+    // The kubelet notices the stream's end a moment after the host has stopped.
+    let after = kubelet
+        .wait_for(RESOURCE, WAIT, |v| !v.connected)
+        .await
+        .map_err(|e| anyhow!(e))?;
     println!(
         "[host]    stopped: the kubelet now counts capacity {}, allocatable {}; sockets removed\n",
         after.capacity(),
