@@ -18,11 +18,12 @@ use super::Status;
 use crate::metrics::metrics;
 use crate::shutdown;
 
-/// Binds `addr` now (so a taken port fails start-up) and serves until `stop`.
+/// Binds `addr` at start-up, so that a taken port fails the start rather than later.
 pub(super) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Serves the three endpoints on `listener` until `stop`.
 pub(super) async fn serve(
     listener: TcpListener,
     status: watch::Receiver<Status>,
