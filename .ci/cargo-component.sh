@@ -60,7 +60,7 @@ touch "$fixture/dev/widget/w0"
 cp "$wasm" "$guests/acme-widget.wasm"
 cp "$crate/policy.json" "$guests/acme-widget.policy.json"
 cargo run -q -p wasm-device-plugin -- inspect "$guests/acme-widget.wasm" --host-root "$fixture"
-advertised=$(cargo run -q -p wasm-device-plugin -- check --host-root "$fixture" --guests-dir "$guests")
+advertised=$(cargo run -q -p wasm-device-plugin -- check --host-root "$fixture" --simulated-node --guests-dir "$guests")
 echo "$advertised"
 grep -q '^example.com/widget  (guest acme-widget;' <<<"$advertised"
 grep -qx '  w0  Healthy  NUMA 0' <<<"$advertised"

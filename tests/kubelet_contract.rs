@@ -388,7 +388,11 @@ async fn topology_is_sent_only_when_known() {
 /// C16: N container requests give N responses, in order, each for its own devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocate_answers_every_container_in_order() {
-    let h = serving_widgets(4, widget_resource()).await;
+    let h = serving_widgets(
+        4,
+        json!({ "name": WIDGET, "class": "widget", "writeCdiSpec": true }),
+    )
+    .await;
     let answer = h
         .kubelet
         .allocate(

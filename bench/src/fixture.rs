@@ -28,6 +28,8 @@ pub enum GuestKind {
 pub const CONFORMANCE_POLICY: &str = r#"{
     "read": ["/sys", "/proc", "/dev"],
     "devices": ["/dev/**"],
+    "env": ["*_IDS"],
+    "annotations": ["example.com/*"],
     "resourcePrefixes": ["example.com/"],
     "cdiKinds": ["example.com/widget"]
 }"#;
@@ -115,6 +117,8 @@ impl Fixture {
     /// The in-process host's configuration (production defaults, cache on).
     pub fn host_config(&self, kubelet: &KubeletStandIn) -> HostConfig {
         let mut config = HostConfig::new(self.root(), &self.guests, kubelet.dir());
+        // The fixture's device nodes are plain files.
+        config.device_nodes = wasm_device_plugin::handout::DeviceNodes::Simulated;
         config.cache_dir = Some(self.cache.clone());
         config.cdi_dir = self.cdi.clone();
         config

@@ -6,7 +6,7 @@
 //! cargo run -p bench -- --quick           # CI smoke run: few iterations, no assertions
 //! ```
 //!
-//! Options: `--quick`, `--only <section,...>` (sizes, guest, rtt, scale, process),
+//! Options: `--quick`, `--only <section,...>` (sizes, guest, rtt, scale, process, handout),
 //! `--host-bin <path>` (the `wasm-device-plugin` binary to spawn; by default the one
 //! beside this binary, built first with the same profile), `--no-build`,
 //! `--markdown <file>` (also write the table and details there).
@@ -63,7 +63,7 @@ struct Args {
     markdown: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 5] = ["sizes", "guest", "rtt", "scale", "process"];
+const SECTIONS: [&str; 6] = ["sizes", "guest", "rtt", "scale", "process", "handout"];
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut out = Args {
@@ -210,6 +210,7 @@ fn main() -> anyhow::Result<()> {
                 "guest" => sections::guest::run(&mut ctx).await?,
                 "rtt" => sections::rtt::run(&mut ctx).await?,
                 "scale" => sections::scale::run(&mut ctx).await?,
+                "handout" => sections::handout::run(&mut ctx).await?,
                 _ => sections::process::run(&mut ctx).await?,
             }
             ctx.say(format!("({section}: {:.1} s)", t.elapsed().as_secs_f64()));

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ValueEnum;
 use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
+use wasm_device_plugin::handout::DeviceNodes;
 use wasm_device_plugin::kubelet::RegistrationMode;
 use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
 
@@ -39,6 +40,11 @@ pub struct NodeArgs {
     /// Node directory for CDI specs written by guests.
     #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
     pub cdi_dir: PathBuf,
+    /// The host root is a fixture tree built without root: plain files stand in for
+    /// device nodes. Never on a real node, where only character and block devices are
+    /// device nodes.
+    #[arg(long, env = "WDP_SIMULATED_NODE")]
+    pub simulated_node: bool,
 }
 
 impl NodeArgs {
@@ -48,6 +54,9 @@ impl NodeArgs {
         config.cache_dir = self.cache_dir.clone();
         config.trusted_keys = self.trusted_keys.clone();
         config.cdi_dir = self.cdi_dir.clone();
+        if self.simulated_node {
+            config.device_nodes = DeviceNodes::Simulated;
+        }
         config
     }
 }

@@ -61,6 +61,8 @@ pub async fn run() -> anyhow::Result<()> {
         .context("cannot start the kubelet stand-in")?;
     let mut config = HostConfig::new(&root, &guests, &plugins);
     config.rescan_interval = Duration::from_millis(200);
+    // The simulated node's device nodes are plain files (no root needed to build it).
+    config.device_nodes = wasm_device_plugin::handout::DeviceNodes::Simulated;
     let host = Node::start(config).await?;
     for skipped in host.skipped() {
         println!(

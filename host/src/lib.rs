@@ -17,6 +17,8 @@
 pub mod config;
 pub mod device;
 pub mod grant;
+pub mod guest_text;
+pub mod handout;
 pub mod hostfns;
 pub mod kubelet;
 pub mod metrics;

@@ -45,6 +45,11 @@ pub struct GuestFault {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuestLabel {
+    pub guest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub result: String,
 }
@@ -73,6 +78,8 @@ pub struct Metrics {
     pub guest_faults: Family<GuestFault, Counter>,
     /// `wdp_reloads_total{result}`: guest updates applied or refused.
     pub reloads: Family<Outcome, Counter>,
+    /// `wdp_handouts_refused_total{guest}`: answers and CDI specs refused by the policy.
+    pub handouts_refused: Family<GuestLabel, Counter>,
     /// Resources currently registered with the kubelet (for readiness).
     registered: Mutex<BTreeSet<String>>,
 }
@@ -122,8 +129,15 @@ impl Metrics {
             "Guest updates, applied or refused",
             reloads.clone(),
         );
+        let handouts_refused = Family::default();
+        registry.register(
+            "handouts_refused",
+            "Allocation answers and CDI specs refused because the guest's policy does not grant them",
+            handouts_refused.clone(),
+        );
         Self {
             registry,
+            handouts_refused,
             devices,
             allocations,
             registrations,
@@ -193,6 +207,14 @@ impl Metrics {
         self.reloads
             .get_or_create(&Outcome {
                 result: if applied { "applied" } else { "refused" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn handout_refused(&self, guest: &str) {
+        self.handouts_refused
+            .get_or_create(&GuestLabel {
+                guest: guest.into(),
             })
             .inc();
     }

@@ -173,9 +173,10 @@ async fn the_template_serves_and_allocates_widgets() {
     .expect("policy");
     let plugins = dir.path().join("device-plugins");
     let kubelet = KubeletStandIn::start(&plugins).await.expect("kubelet");
-    let host = Node::start(HostConfig::new(node.root(), &guests, &plugins))
-        .await
-        .expect("host starts");
+    let mut config = HostConfig::new(node.root(), &guests, &plugins);
+    // The fixture's device nodes are plain files (no root needed).
+    config.device_nodes = wasm_device_plugin::handout::DeviceNodes::Simulated;
+    let host = Node::start(config).await.expect("host starts");
 
     const WIDGET: &str = "example.com/widget";
     let view = kubelet

@@ -293,6 +293,8 @@ class Host:
                 plugin_dir,
                 "--rescan-seconds",
                 "0.2",
+                # The fixture's device nodes are plain files (built without root).
+                "--simulated-node",
             ],
             stdin=subprocess.DEVNULL,
             stdout=self.log,

@@ -106,6 +106,8 @@ impl Harness {
     pub fn config(&self) -> HostConfig {
         let mut config = HostConfig::new(self.node.root(), &self.guests_dir, &self.plugin_dir);
         config.rescan_interval = Duration::from_millis(100);
+        // The fixture's device nodes are plain files (tests run without root).
+        config.device_nodes = wasm_device_plugin::handout::DeviceNodes::Simulated;
         config.kubelet.poll_interval = Duration::from_millis(50);
         config.reload_interval = Duration::from_millis(100);
         config.limits.deadlines = self.deadlines.clone();
@@ -150,11 +152,13 @@ impl Harness {
 }
 
 /// The policy test guests get unless a test says otherwise: read sysfs, procfs and /dev,
-/// hand out any node under /dev, advertise `example.com/` resources, write
-/// `example.com/widget` CDI specs.
+/// hand out any node under /dev, set `*_IDS` variables and `example.com/` annotations,
+/// advertise `example.com/` resources, write `example.com/widget` CDI specs.
 pub const TEST_POLICY: &str = r#"{
     "read": ["/sys", "/proc", "/dev"],
     "devices": ["/dev/**"],
+    "env": ["*_IDS"],
+    "annotations": ["example.com/*"],
     "resourcePrefixes": ["example.com/"],
     "cdiKinds": ["example.com/widget"]
 }"#;

@@ -27,6 +27,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     // The host's own path: Runtime::load, then Guest calls (queue to the guest's thread,
     // epoch deadline, call, answer converted to host types, reply over a oneshot).
     let runtime = Runtime::new(fx.root(), &fx.cdi, limits.clone())
+        .map(|r| r.with_device_nodes(wasm_device_plugin::handout::DeviceNodes::Simulated))
         .map_err(|e| anyhow::anyhow!("{e:#}"))?
         .with_cache(CompileCache::open(&fx.cache)?);
     let guest = runtime
@@ -255,8 +256,9 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         drop(g);
     }
     let load_cached = Samples::new(load_cached);
-    let uncached =
-        Runtime::new(fx.root(), &fx.cdi, limits.clone()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let uncached = Runtime::new(fx.root(), &fx.cdi, limits.clone())
+        .map(|r| r.with_device_nodes(wasm_device_plugin::handout::DeviceNodes::Simulated))
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let mut load_compiled = Vec::new();
     for _ in 0..ctx.n(5, 1) {
         let t = Instant::now();

@@ -347,7 +347,10 @@ async fn serve_inline(
     let service = Arc::new(ResourceService::new(
         spec,
         Arc::new(InlineGuest::new("conformance-inline", live, block_in_place)),
-        fx.root(),
+        wasm_device_plugin::handout::NodeRoot::new(
+            fx.root(),
+            wasm_device_plugin::handout::DeviceNodes::Simulated,
+        ),
         grant,
     ));
     service.refresh().await;

@@ -4,8 +4,9 @@ use crate::faults::Fault;
 use crate::wdp::device_plugin::cdi;
 use crate::wdp::device_plugin::types::{ContainerAllocation, DeviceSpec, Error};
 
-/// One answer per container: its device nodes, an `<CLASS>_IDS` variable, an annotation
-/// and fully qualified CDI names, so that tests can check every field crosses the host.
+/// One answer per container: its device nodes, an `<CLASS>_IDS` variable and an
+/// annotation, so that tests can check every field crosses the host. CDI names come only
+/// from a spec written through the host (`writeCdiSpec`).
 pub fn allocate(class: &str, containers: &[Vec<String>]) -> Vec<ContainerAllocation> {
     let env_name = format!("{}_IDS", env_word(class));
     containers
@@ -27,10 +28,7 @@ pub fn allocate(class: &str, containers: &[Vec<String>]) -> Vec<ContainerAllocat
                     })
                     .collect(),
                 annotations: vec![("example.com/allocated".into(), joined)],
-                cdi_devices: ids
-                    .iter()
-                    .map(|id| format!("example.com/{class}={id}"))
-                    .collect(),
+                cdi_devices: Vec::new(),
             }
         })
         .collect()
@@ -129,9 +127,9 @@ mod tests {
             first.annotations,
             [("example.com/allocated".to_string(), "w0,w1".to_string())]
         );
-        assert_eq!(
-            first.cdi_devices,
-            ["example.com/my-widget=w0", "example.com/my-widget=w1"]
+        assert!(
+            first.cdi_devices.is_empty(),
+            "names come from a written spec"
         );
     }
 
@@ -144,6 +142,7 @@ mod tests {
         break_answer(&mut answer, Fault::RelativePath);
         assert_eq!(answer[1].devices[0].container_path, "dev/x");
         let mut answer = allocate("widget", &containers());
+        answer[0].cdi_devices = vec!["example.com/widget=w0".into()];
         break_answer(&mut answer, Fault::BadCdi);
         assert_eq!(answer[0].cdi_devices, ["not-qualified"]);
     }

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::attack::{Attack, CdiAttack};
 use crate::faults::Fault;
 use crate::wdp::device_plugin::types::Error;
 
@@ -12,6 +13,10 @@ pub struct Config {
     pub faults: Faults,
     /// The path the `probe` fault reads.
     pub probe: Option<String>,
+    /// A hostile allocation answer (see `attack`).
+    pub attack: Option<Attack>,
+    /// A hostile CDI spec written before answering.
+    pub cdi_attack: Option<CdiAttack>,
 }
 
 impl Default for Config {
@@ -27,6 +32,8 @@ impl Default for Config {
             }],
             faults: Faults::default(),
             probe: None,
+            attack: None,
+            cdi_attack: None,
         }
     }
 }

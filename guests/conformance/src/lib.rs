@@ -6,6 +6,7 @@
 //! tests drive enumeration and health by writing files.
 
 mod allocate;
+mod attack;
 mod config;
 mod devices;
 mod faults;
@@ -106,6 +107,15 @@ impl Guest for Conformance {
         }
         if let Some(fault) = config.faults.allocate {
             allocate::break_answer(&mut answer, fault);
+        }
+        if let Some(cdi_attack) = config.cdi_attack {
+            let names = attack::write_hostile_spec(cdi_attack, &resource.class)?;
+            answer
+                .iter_mut()
+                .for_each(|c| c.cdi_devices = names.clone());
+        }
+        if let Some(hostile) = config.attack {
+            attack::attack_answer(hostile, &resource.class, &mut answer)?;
         }
         Ok(answer)
     }

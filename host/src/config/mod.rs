@@ -6,6 +6,7 @@ pub mod policy;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::handout::{DeviceNodes, NodeRoot};
 use crate::kubelet::KubeletConfig;
 use crate::kubelet::pod_resources::PodResourcesConfig;
 use crate::runtime::GuestLimits;
@@ -26,6 +27,9 @@ pub struct HostConfig {
     /// Root under which every node path is resolved: `/` on a node, a fixture tree in
     /// tests and the demo.
     pub host_root: PathBuf,
+    /// How device nodes under the host root are read: real character and block devices
+    /// on a node; plain files standing in for them in a fixture tree built without root.
+    pub device_nodes: DeviceNodes,
     /// Directory of `<name>.wasm` guests, each with an optional config file beside it.
     pub guests_dir: PathBuf,
     pub kubelet: KubeletConfig,
@@ -48,6 +52,11 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
+    /// The node that guests' hand-outs are checked against.
+    pub fn node_root(&self) -> NodeRoot {
+        NodeRoot::new(&self.host_root, self.device_nodes)
+    }
+
     /// A configuration with the defaults for everything but the three locations.
     pub fn new(
         host_root: impl Into<PathBuf>,
@@ -56,6 +65,7 @@ impl HostConfig {
     ) -> Self {
         Self {
             host_root: host_root.into(),
+            device_nodes: DeviceNodes::Real,
             guests_dir: guests_dir.into(),
             kubelet: KubeletConfig::new(device_plugin_dir),
             rescan_interval: DEFAULT_RESCAN_INTERVAL,

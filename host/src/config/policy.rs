@@ -12,14 +12,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::grant::Grant;
+use crate::grant::{DeviceGrant, Grant, MountGrant, NodeKind};
+use crate::handout;
 use crate::runtime::GuestLimits;
 
 /// File name suffix of a guest's policy (`nvidia-gpu.policy.json`).
 pub const POLICY_SUFFIX: &str = "policy.json";
 /// Largest linear memory a policy may grant.
 pub const MAX_MEMORY_MIB: u64 = 1024;
-/// Longest CPU-time deadline a policy may set (the kubelet waits 30 s for pre-start).
+/// Longest wall-clock deadline a policy may set (the kubelet waits 30 s for pre-start).
 pub const MAX_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why a policy file was refused (the guest is then not loaded).
@@ -47,10 +48,17 @@ pub struct GuestPolicy {
 struct PolicyFile {
     #[serde(default)]
     read: Vec<String>,
+    /// `"/dev/nvidia*"` (character devices) or `{"path": "/dev/nvme*", "type": "block"}`.
     #[serde(default)]
-    devices: Vec<String>,
+    devices: Vec<serde_json::Value>,
+    /// `"/opt/x"` (read-only, below the same path in the container) or
+    /// `{"hostPath": "/dev/null", "containerPath": "/var/run/x/*", "writable": false}`.
     #[serde(default)]
-    mounts: Vec<String>,
+    mounts: Vec<serde_json::Value>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    annotations: Vec<String>,
     #[serde(default)]
     resource_prefixes: Vec<String>,
     #[serde(default)]
@@ -98,19 +106,23 @@ impl GuestPolicy {
             .iter()
             .map(|p| node_path("read", p))
             .collect::<Result<Vec<_>, _>>()?;
-        for pattern in &file.devices {
-            if !pattern.starts_with("/dev/") || pattern.contains("/../") || pattern.ends_with("/..")
-            {
-                return Err(format!(
-                    "devices: {pattern:?} must be a pattern under /dev/"
-                ));
-            }
-        }
-        let mount_roots = file
+        let devices = file
+            .devices
+            .iter()
+            .map(device_grant)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mounts = file
             .mounts
             .iter()
-            .map(|p| node_path("mounts", p))
+            .map(mount_grant)
             .collect::<Result<Vec<_>, _>>()?;
+        for pattern in &file.env {
+            handout::env::check_pattern(pattern).map_err(|e| format!("env: {e}"))?;
+        }
+        for pattern in &file.annotations {
+            handout::annotations::check_pattern(pattern)
+                .map_err(|e| format!("annotations: {e}"))?;
+        }
         for prefix in &file.resource_prefixes {
             if !prefix.contains('/') || prefix.starts_with('/') {
                 return Err(format!(
@@ -119,7 +131,7 @@ impl GuestPolicy {
             }
         }
         for kind in &file.cdi_kinds {
-            if !crate::resource::answer::is_qualified_cdi_name(&format!("{kind}=x")) {
+            if !handout::cdi_names::is_qualified(&format!("{kind}=x")) {
                 return Err(format!(
                     "cdiKinds: {kind:?} must look like vendor.com/class"
                 ));
@@ -165,8 +177,10 @@ impl GuestPolicy {
         Ok(GuestPolicy {
             grant: Grant {
                 read_roots,
-                device_patterns: file.devices,
-                mount_roots,
+                devices,
+                mounts,
+                env: file.env,
+                annotations: file.annotations,
                 resource_prefixes: file.resource_prefixes,
                 cdi_kinds: file.cdi_kinds,
                 kmsg: file.kmsg,
@@ -180,6 +194,100 @@ impl GuestPolicy {
 /// `<dir>/<name>.policy.json` for `<dir>/<name>.wasm`.
 pub fn policy_path(wasm: &Path) -> PathBuf {
     wasm.with_extension(POLICY_SUFFIX)
+}
+
+fn device_grant(entry: &serde_json::Value) -> Result<DeviceGrant, String> {
+    use serde_json::Value;
+    let (pattern, kind) = match entry {
+        Value::String(path) => (path.as_str(), NodeKind::Char),
+        Value::Object(fields) => {
+            if let Some(key) = fields
+                .keys()
+                .find(|k| !matches!(k.as_str(), "path" | "type"))
+            {
+                return Err(format!("devices: unknown field {key:?} (path, type)"));
+            }
+            let path = fields
+                .get("path")
+                .and_then(Value::as_str)
+                .ok_or("devices: an entry needs \"path\"")?;
+            let kind = match fields.get("type").and_then(Value::as_str) {
+                None | Some("char") => NodeKind::Char,
+                Some("block") => NodeKind::Block,
+                Some(other) => {
+                    return Err(format!(
+                        "devices: type {other:?} must be \"char\" or \"block\""
+                    ));
+                }
+            };
+            (path, kind)
+        }
+        other => {
+            return Err(format!(
+                "devices: {other} must be a path pattern or {{\"path\", \"type\"}}"
+            ));
+        }
+    };
+    if !pattern.starts_with("/dev/") || pattern.split('/').any(|c| c == ".." || c == ".") {
+        return Err(format!(
+            "devices: {pattern:?} must be a pattern under /dev/ without '.' or '..'"
+        ));
+    }
+    Ok(DeviceGrant {
+        pattern: pattern.to_owned(),
+        kind,
+    })
+}
+
+fn mount_grant(entry: &serde_json::Value) -> Result<MountGrant, String> {
+    use serde_json::Value;
+    let (host, container, writable) = match entry {
+        Value::String(host) => (host.as_str(), None, false),
+        Value::Object(fields) => {
+            if let Some(key) = fields
+                .keys()
+                .find(|k| !matches!(k.as_str(), "hostPath" | "containerPath" | "writable"))
+            {
+                return Err(format!(
+                    "mounts: unknown field {key:?} (hostPath, containerPath, writable)"
+                ));
+            }
+            let host = fields
+                .get("hostPath")
+                .and_then(Value::as_str)
+                .ok_or("mounts: an entry needs \"hostPath\"")?;
+            let container = match fields.get("containerPath") {
+                None => None,
+                Some(Value::String(c)) => Some(c.as_str()),
+                Some(_) => return Err("mounts: containerPath must be a string".into()),
+            };
+            let writable = match fields.get("writable") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err("mounts: writable must be true or false".into()),
+            };
+            (host, container, writable)
+        }
+        other => {
+            return Err(format!(
+                "mounts: {other} must be a path or {{\"hostPath\", ...}}"
+            ));
+        }
+    };
+    let host_root = node_path("mounts", host)?;
+    let container = match container {
+        Some(pattern) => {
+            handout::node_paths::check_container_pattern(pattern)
+                .map_err(|e| format!("mounts: containerPath {pattern:?}: {e}"))?;
+            pattern.to_owned()
+        }
+        None => format!("{}/**", host.trim_end_matches('/')),
+    };
+    Ok(MountGrant {
+        host_root,
+        container,
+        writable,
+    })
 }
 
 fn node_path(field: &str, p: &str) -> Result<PathBuf, String> {
@@ -217,13 +325,37 @@ mod tests {
             p.grant.read_roots,
             vec![PathBuf::from("/sys"), PathBuf::from("/proc/driver/nvidia")]
         );
-        assert!(p.grant.allows_device("/dev/nvidia3") && p.grant.kmsg);
+        assert!(p.grant.allows_device("/dev/nvidia3", NodeKind::Char) && p.grant.kmsg);
+        assert_eq!(p.grant.mounts[0].container, "/usr/lib/nvidia/**");
+        assert!(!p.grant.mounts[0].writable);
         assert_eq!(p.limits.memory_bytes, 32 << 20);
         assert_eq!(p.limits.deadlines.allocate, Duration::from_millis(500));
         assert_eq!(
             p.limits.deadlines.enumerate,
             GuestLimits::default().deadlines.enumerate
         );
+    }
+
+    #[test]
+    fn parses_typed_devices_mapped_mounts_env_and_annotations() {
+        let text = r#"{
+            "devices": ["/dev/infiniband/*", {"path": "/dev/nvme*", "type": "block"}],
+            "mounts": [{"hostPath": "/dev/null", "containerPath": "/var/run/nvidia-container-devices/*"},
+                       {"hostPath": "/var/lib/x", "writable": true}],
+            "env": ["NVIDIA_VISIBLE_DEVICES", "PCIDEVICE_*"],
+            "annotations": ["example.com/*"]
+        }"#;
+        let g = GuestPolicy::parse(text, &GuestLimits::default())
+            .unwrap()
+            .grant;
+        assert!(g.allows_device("/dev/nvme0n1", NodeKind::Block));
+        assert!(!g.allows_device("/dev/nvme0n1", NodeKind::Char));
+        assert!(g.allows_device("/dev/infiniband/uverbs0", NodeKind::Char));
+        assert_eq!(g.mounts[0].container, "/var/run/nvidia-container-devices/*");
+        assert_eq!(g.mounts[1].container, "/var/lib/x/**");
+        assert!(g.mounts[1].writable && !g.mounts[0].writable);
+        assert_eq!(g.env, ["NVIDIA_VISIBLE_DEVICES", "PCIDEVICE_*"]);
+        assert_eq!(g.annotations, ["example.com/*"]);
     }
 
     #[test]
@@ -250,6 +382,25 @@ mod tests {
             (r#"{"write": ["/dev/sda"]}"#, "write"),
             (r#"{"write": ["/sys/../etc/x"]}"#, "write"),
             (r#"{"writes": true}"#, "writes"),
+            (
+                r#"{"devices": [{"path": "/dev/sd*", "type": "disk"}]}"#,
+                "devices",
+            ),
+            (
+                r#"{"mounts": [{"hostPath": "/opt", "containerPath": "/"}]}"#,
+                "containerPath",
+            ),
+            (
+                r#"{"mounts": [{"hostPath": "/opt", "readOnly": true}]}"#,
+                "mounts",
+            ),
+            (r#"{"env": ["LD_*"]}"#, "env"),
+            (r#"{"env": ["A=B"]}"#, "env"),
+            (r#"{"annotations": ["cdi.k8s.io/*"]}"#, "annotations"),
+            (
+                r#"{"annotations": ["io.kubernetes.cri-o.Devices"]}"#,
+                "annotations",
+            ),
         ] {
             let err = GuestPolicy::parse(text, &GuestLimits::default()).unwrap_err();
             assert!(err.contains(field), "{text}: {err}");

@@ -1,20 +1,28 @@
 //! `cdi` interface: guests write CDI specs for their own kinds, within their grant.
 //!
 //! A CDI spec is a set of container edits the runtime applies as root, so it is checked
-//! as strictly as an allocation: its kind must be granted, every device node and mount it
-//! names must be within the guest's device patterns and mount roots, and hooks (programs
-//! the runtime would execute on the host) are refused outright. The format itself is
-//! validated by the CNCF `container-device-interface` crate.
+//! by the same allowlist as an allocation ([`handout::cdi_spec`]): granted kind, device
+//! nodes and mounts judged where they really lead, granted env, nothing else. The host
+//! writes the spec it checked (re-encoded, device types and numbers filled in from the
+//! node), after the CNCF `container-device-interface` crate has validated it, and
+//! records the devices it defines so that the guest's answers may name them.
+//!
+//! Files: one per kind, `<vendor>+<class>.json` (`+` appears in neither part, so no two
+//! kinds share a file), written through a temporary file unique to each write and
+//! renamed into place, so concurrent writers never delete or half-write each other's
+//! specs. A guest writes or removes only kinds its policy grants, and the node refuses a
+//! kind that two policies grant (see `node::ownership`), so it touches only its own.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use container_device_interface::spec::new_spec;
 use container_device_interface::specs::config::Spec as CdiSpec;
-use serde_json::Value;
 
 use super::NodeAccess;
 use super::resolver::{ResolveError, Resolver};
+use crate::guest_text;
+use crate::handout::{Refused, cdi_spec};
 use crate::wit::latest::cdi::Host;
 use crate::wit::latest::types::Error as WitError;
 
@@ -29,27 +37,38 @@ impl Host for NodeAccess {
                 spec.len()
             )));
         }
-        let raw: CdiSpec = serde_json::from_str(&spec)
+        serde_json::from_str::<serde_json::Value>(&spec).map_err(|e| {
+            WitError::InvalidArgument(format!(
+                "not a CDI spec: {}",
+                guest_text::clean(&e.to_string())
+            ))
+        })?;
+        let checked = cdi_spec::check(&self.node_root(), self.grant(), &spec).map_err(|e| {
+            let message = format!("guest {}: {e}", self.guest());
+            tracing::warn!(guest = self.guest(), refused = %e, "CDI spec refused: the guest asked for what its policy does not grant");
+            crate::metrics::metrics().handout_refused(self.guest());
+            WitError::Denied(message)
+        })?;
+        let kind = checked.kind;
+        let raw: CdiSpec = serde_json::from_str(&checked.json)
             .map_err(|e| WitError::InvalidArgument(format!("not a CDI spec: {e}")))?;
-        let value: Value = serde_json::from_str(&spec)
-            .map_err(|e| WitError::InvalidArgument(format!("not JSON: {e}")))?;
-        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-        if !self.grant().allows_cdi_kind(&kind) {
-            return Err(WitError::Denied(format!(
-                "guest {} may not write CDI specs of kind {kind:?}",
-                self.guest()
-            )));
-        }
-        self.check_edits(&value)?;
         let dir = self.cdi_directory()?;
         let file = dir.join(file_name(&kind));
-        let mut parsed = new_spec(&raw, &file, 0)
-            .map_err(|e| WitError::InvalidArgument(format!("invalid CDI spec: {e:#}")))?;
-        let devices = parsed
-            .validate()
-            .map_err(|e| WitError::InvalidArgument(format!("invalid CDI spec: {e:#}")))?;
-        write_atomically(&file, spec.as_bytes())
+        let mut parsed = new_spec(&raw, &file, 0).map_err(|e| {
+            WitError::InvalidArgument(format!(
+                "invalid CDI spec: {}",
+                guest_text::clean(&format!("{e:#}"))
+            ))
+        })?;
+        let devices = parsed.validate().map_err(|e| {
+            WitError::InvalidArgument(format!(
+                "invalid CDI spec: {}",
+                guest_text::clean(&format!("{e:#}"))
+            ))
+        })?;
+        write_atomically(&file, checked.json.as_bytes())
             .map_err(|e| WitError::Io(format!("cannot write {}: {e}", file.display())))?;
+        self.cdi_ledger().record(&kind, devices.keys().cloned());
         tracing::info!(
             guest = self.guest(),
             kind,
@@ -65,10 +84,12 @@ impl Host for NodeAccess {
     fn remove_spec(&mut self, kind: String) -> Result<(), WitError> {
         if !self.grant().allows_cdi_kind(&kind) {
             return Err(WitError::Denied(format!(
-                "guest {} may not remove CDI specs of kind {kind:?}",
-                self.guest()
+                "guest {} may not remove CDI specs of kind {}",
+                self.guest(),
+                guest_text::quote(&kind)
             )));
         }
+        self.cdi_ledger().forget(&kind);
         let file = self.cdi_directory()?.join(file_name(&kind));
         match std::fs::remove_file(&file) {
             Ok(()) => Ok(()),
@@ -81,44 +102,13 @@ impl Host for NodeAccess {
     }
 }
 
-impl NodeAccess {
-    /// Every device node and mount in the spec must be within the grant; no hooks.
-    fn check_edits(&self, spec: &Value) -> Result<(), WitError> {
-        let mut edits: Vec<&Value> = vec![&spec["containerEdits"]];
-        if let Some(devices) = spec["devices"].as_array() {
-            edits.extend(devices.iter().map(|d| &d["containerEdits"]));
-        }
-        for edit in edits {
-            if edit["hooks"].as_array().is_some_and(|h| !h.is_empty()) {
-                return Err(WitError::Denied(
-                    "CDI hooks run programs on the host and are not allowed".into(),
-                ));
-            }
-            for node in edit["deviceNodes"].as_array().into_iter().flatten() {
-                let host = node["hostPath"]
-                    .as_str()
-                    .or_else(|| node["path"].as_str())
-                    .unwrap_or_default();
-                if !self.grant().allows_device(host) {
-                    return Err(WitError::Denied(format!(
-                        "CDI device node {host:?} is outside guest {}'s device grant",
-                        self.guest()
-                    )));
-                }
-            }
-            for mount in edit["mounts"].as_array().into_iter().flatten() {
-                let host = mount["hostPath"].as_str().unwrap_or_default();
-                if !self.grant().allows_mount(host) {
-                    return Err(WitError::Denied(format!(
-                        "CDI mount {host:?} is outside guest {}'s mount grant",
-                        self.guest()
-                    )));
-                }
-            }
-        }
-        Ok(())
+impl From<Refused> for WitError {
+    fn from(e: Refused) -> Self {
+        WitError::Denied(e.to_string())
     }
+}
 
+impl NodeAccess {
     /// The CDI directory on the host, resolved like every guest path (so an absolute
     /// `/var/run -> /run` link stays under the host root), created if missing.
     fn cdi_directory(&self) -> Result<PathBuf, WitError> {
@@ -140,53 +130,56 @@ impl NodeAccess {
     }
 }
 
-/// `vendor.com/class` → `vendor.com-class.json` (the kind is validated before use).
-fn file_name(kind: &str) -> String {
-    format!("{}.json", kind.replace('/', "-"))
+/// `vendor.com/class` → `vendor.com+class.json`: one file per kind, since `+` is in
+/// neither a CDI vendor nor a class (the kind is validated before use).
+pub fn file_name(kind: &str) -> String {
+    format!("{}.json", kind.replacen('/', "+", 1))
 }
 
-/// Write to a temporary file in the same directory, then rename: the container runtime
-/// never reads half a spec.
-fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = file.parent().unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, file)
-}
-
-fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    for attempt in 0..16u32 {
-        let path = dir.join(format!(".wdp-{}-{attempt}.tmp", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free temporary file name"))
+/// Writes through a temporary file of a fresh random name in the same directory, then
+/// renames it into place: the runtime never reads half a spec, and two writers never
+/// touch each other's temporary files.
+fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".wdp-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grant::Grant;
+    use crate::grant::{DeviceGrant, Grant, MountGrant, NodeKind};
+    use crate::handout::DeviceNodes;
     use std::sync::Arc;
 
     fn writer(root: &std::path::Path) -> NodeAccess {
         let grant = Grant {
-            device_patterns: vec!["/dev/widget/*".into()],
-            mount_roots: vec!["/opt/widget".into()],
-            cdi_kinds: vec!["example.com/widget".into()],
+            devices: vec![DeviceGrant {
+                pattern: "/dev/widget/*".into(),
+                kind: NodeKind::Char,
+            }],
+            mounts: vec![MountGrant {
+                host_root: "/opt/widget".into(),
+                container: "/opt/widget/**".into(),
+                writable: false,
+            }],
+            cdi_kinds: vec!["example.com/widget".into(), "a-b/c".into(), "a/b-c".into()],
             ..Grant::none()
         };
+        std::fs::create_dir_all(root.join("dev/widget")).unwrap();
+        std::fs::write(root.join("dev/widget/w0"), "").unwrap();
+        std::fs::write(root.join("dev/sda"), "").unwrap();
         NodeAccess::new("t", root, Arc::new(grant), "/var/run/cdi")
+            .with_device_nodes(DeviceNodes::Simulated)
     }
 
     fn spec(kind: &str, node: &str, extra: &str) -> String {
@@ -196,17 +189,65 @@ mod tests {
     }
 
     #[test]
-    fn writes_a_granted_spec_and_returns_qualified_names() {
+    fn writes_a_granted_spec_records_it_and_returns_qualified_names() {
         let dir = tempfile::tempdir().unwrap();
         let mut access = writer(dir.path());
         let names = access
             .write_spec(spec("example.com/widget", "/dev/widget/w0", ""))
             .unwrap();
         assert_eq!(names, vec!["example.com/widget=w0"]);
-        let written = dir.path().join("var/run/cdi/example.com-widget.json");
-        assert!(written.is_file());
+        assert!(access.cdi_ledger().defines("example.com/widget", "w0"));
+        let written = dir.path().join("var/run/cdi/example.com+widget.json");
+        let text = std::fs::read_to_string(&written).unwrap();
+        assert!(
+            text.contains(r#""type":"c""#),
+            "the host fills the type: {text}"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("var/run/cdi"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file left behind");
         access.remove_spec("example.com/widget".into()).unwrap();
         assert!(!written.exists());
+        assert!(!access.cdi_ledger().defines("example.com/widget", "w0"));
+    }
+
+    #[test]
+    fn kinds_never_share_a_file() {
+        assert_ne!(file_name("a-b/c"), file_name("a/b-c"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut access = writer(dir.path());
+        access
+            .write_spec(spec("a-b/c", "/dev/widget/w0", ""))
+            .unwrap();
+        access
+            .write_spec(spec("a/b-c", "/dev/widget/w0", ""))
+            .unwrap();
+        let cdi = dir.path().join("var/run/cdi");
+        assert!(cdi.join("a-b+c.json").is_file() && cdi.join("a+b-c.json").is_file());
+    }
+
+    #[test]
+    fn concurrent_writers_leave_a_whole_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = writer(dir.path());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let mut access = access.clone();
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        access
+                            .write_spec(spec("example.com/widget", "/dev/widget/w0", ""))
+                            .expect("every write succeeds");
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(dir.path().join("var/run/cdi/example.com+widget.json"))
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).expect("a whole spec");
     }
 
     #[test]
@@ -227,7 +268,7 @@ mod tests {
         assert!(denied(access.write_spec(spec(
             "example.com/widget",
             "/dev/widget/w0",
-            r#","mounts":[{"hostPath":"/etc","containerPath":"/etc"}]"#
+            r#","mounts":[{"hostPath":"/etc","containerPath":"/etc","options":["ro","bind"]}]"#
         ))));
         assert!(denied(access.write_spec(spec(
             "example.com/widget",
@@ -244,9 +285,13 @@ mod tests {
             ),
             Err(WitError::InvalidArgument(_))
         ));
+        assert!(matches!(
+            access.remove_spec("example.com/other".into()),
+            Err(WitError::Denied(_))
+        ));
         assert!(
             !dir.path()
-                .join("var/run/cdi/example.com-widget.json")
+                .join("var/run/cdi/example.com+widget.json")
                 .exists()
         );
     }

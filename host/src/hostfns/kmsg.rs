@@ -47,7 +47,7 @@ impl Host for NodeAccess {
                     // storm of matches never loses one.
                     break;
                 }
-                lines.push(super::log::truncate(message, MAX_LINE_BYTES));
+                lines.push(crate::guest_text::clean_to(message, MAX_LINE_BYTES));
             }
             newest = newest.max(seq);
         }

@@ -52,26 +52,9 @@ impl LogLimiter {
     }
 }
 
-/// Truncates at a character boundary and replaces control characters.
+/// Truncates at a character boundary and replaces control and format characters.
 pub fn sanitize(message: &str) -> String {
-    truncate(message, MAX_MESSAGE_BYTES)
-}
-
-/// `message` cut to at most `max` bytes (at a character boundary, marked with `…`), with
-/// control characters replaced by spaces: untrusted text that reaches a log line.
-pub fn truncate(message: &str, max: usize) -> String {
-    let mut end = message.len().min(max);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut clean: String = message[..end]
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if end < message.len() {
-        clean.push('…');
-    }
-    clean
+    crate::guest_text::clean_to(message, MAX_MESSAGE_BYTES)
 }
 
 impl Host for NodeAccess {

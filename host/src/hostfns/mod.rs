@@ -20,6 +20,7 @@ use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use crate::grant::Grant;
+use crate::handout::{CdiLedger, DeviceNodes, NodeRoot};
 use crate::wit::latest::types::Error as WitError;
 use resolver::{ResolveError, Resolver};
 
@@ -32,6 +33,8 @@ pub struct NodeAccess {
     resolver: Resolver,
     grant: Arc<Grant>,
     cdi_dir: PathBuf,
+    cdi_ledger: CdiLedger,
+    device_nodes: DeviceNodes,
     kmsg_seen: Arc<AtomicI64>,
     log: Arc<Mutex<log::LogLimiter>>,
 }
@@ -49,9 +52,27 @@ impl NodeAccess {
             resolver: Resolver::new(host_root, grant.read_roots.clone()),
             grant,
             cdi_dir: cdi_dir.into(),
+            cdi_ledger: CdiLedger::default(),
+            device_nodes: DeviceNodes::Real,
             kmsg_seen: Arc::new(AtomicI64::new(kmsg::NOTHING_SEEN)),
             log: Arc::default(),
         }
+    }
+
+    /// How device nodes are read under the host root (simulated only for fixtures).
+    pub fn with_device_nodes(mut self, device_nodes: DeviceNodes) -> Self {
+        self.device_nodes = device_nodes;
+        self
+    }
+
+    /// The CDI devices this guest wrote through the host, shared with every clone.
+    pub fn cdi_ledger(&self) -> &CdiLedger {
+        &self.cdi_ledger
+    }
+
+    /// The node hand-outs are checked against.
+    pub fn node_root(&self) -> NodeRoot {
+        NodeRoot::new(self.resolver.host_root(), self.device_nodes)
     }
 
     /// The guest's name, as it appears in logs.

@@ -95,12 +95,18 @@ impl DevicePluginService {
     }
 }
 
+/// Longest error message sent to the kubelet (it becomes an event on the pod).
+const MAX_STATUS_BYTES: usize = 4096;
+
+/// The gRPC status for a refused call. Guest text inside the message was cleaned where
+/// it entered the host; cleaning the whole message again keeps that true of any path.
 fn status(e: ServiceError) -> Status {
+    let clean = |m: String| crate::guest_text::clean_to(&m, MAX_STATUS_BYTES);
     match e {
-        ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
-        ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
-        ServiceError::Internal(m) => Status::internal(m),
-        ServiceError::Unavailable(m) => Status::unavailable(m),
+        ServiceError::InvalidArgument(m) => Status::invalid_argument(clean(m)),
+        ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(clean(m)),
+        ServiceError::Internal(m) => Status::internal(clean(m)),
+        ServiceError::Unavailable(m) => Status::unavailable(clean(m)),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::guests_dir;
+use super::ownership::Claims;
 use super::supervisor::{accept_resources, load_guest};
 use super::{NodeError, Skipped};
 use crate::config::HostConfig;
@@ -33,9 +34,19 @@ pub struct CheckReport {
 pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
     let runtime = super::runtime(config)?;
     let mut report = CheckReport::default();
-    for files in guests_dir::scan(&config.guests_dir)? {
-        let guest = match load_guest(&runtime, &files, config).await {
-            Ok(guest) => guest,
+    let found = guests_dir::scan(&config.guests_dir)?;
+    let claims = Claims::of(&found, &config.limits);
+    for files in found {
+        let guest = match load_guest(&runtime, &files, config, &claims).await {
+            Ok((guest, notes)) => {
+                report
+                    .skipped
+                    .extend(notes.into_iter().map(|reason| Skipped {
+                        path: files.wasm.clone(),
+                        reason,
+                    }));
+                guest
+            }
             Err(reason) => {
                 report.skipped.push(Skipped {
                     path: files.wasm.clone(),
@@ -44,8 +55,7 @@ pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
                 continue;
             }
         };
-        let taken = |name: &str| report.resources.iter().any(|r| r.spec.name == name);
-        let accepted = accept_resources(&files, &guest, taken, &mut report.skipped);
+        let accepted = accept_resources(&files, &guest, &claims, &mut report.skipped);
         for spec in accepted {
             let devices = match guest.list_devices(&spec.name).await {
                 Ok(devices) => Snapshot::new(devices, MAX_DEVICES)

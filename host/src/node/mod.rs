@@ -4,6 +4,7 @@
 pub mod check;
 mod guests_dir;
 mod ops;
+pub mod ownership;
 mod supervisor;
 
 pub use guests_dir::CONFIG_EXTENSIONS;
@@ -72,7 +73,8 @@ pub fn runtime(config: &HostConfig) -> Result<Runtime, NodeError> {
         config.cdi_dir.clone(),
         config.limits.clone(),
     )
-    .map_err(NodeError::Runtime)?;
+    .map_err(NodeError::Runtime)?
+    .with_device_nodes(config.device_nodes);
     if let Some(dir) = &config.cache_dir {
         match CompileCache::open(dir) {
             Ok(cache) => runtime = runtime.with_cache(cache),

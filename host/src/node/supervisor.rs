@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::guests_dir::{self, Fingerprint, GuestFiles};
+use super::ownership::{Claims, Owner};
 use super::{Skipped, Status};
 use crate::config::HostConfig;
 use crate::config::policy::{self, GuestPolicy};
@@ -42,8 +43,14 @@ pub(super) struct Supervisor {
     failed: BTreeMap<String, Fingerprint>,
     served: BTreeMap<String, Served>,
     skipped: BTreeMap<String, Vec<Skipped>>,
+    /// What every policy in the directory claims, as of the last scan.
+    claims: Claims,
     status: watch::Sender<Status>,
 }
+
+/// Most resources one guest may advertise: each is a socket, a registration and a field
+/// in the Node's status.
+pub const MAX_RESOURCES_PER_GUEST: usize = 16;
 
 impl Supervisor {
     pub(super) fn new(config: HostConfig, runtime: Runtime, status: watch::Sender<Status>) -> Self {
@@ -54,6 +61,7 @@ impl Supervisor {
             failed: BTreeMap::new(),
             served: BTreeMap::new(),
             skipped: BTreeMap::new(),
+            claims: Claims::default(),
             status,
         }
     }
@@ -88,6 +96,14 @@ impl Supervisor {
                 return;
             }
         };
+        let claims = Claims::of(&found, &self.config.limits);
+        let reclaimed = claims != self.claims;
+        if reclaimed && !self.guests.is_empty() {
+            tracing::info!(
+                "the policies changed which guest owns which names; checking every guest again"
+            );
+        }
+        self.claims = claims;
         let present: BTreeSet<&str> = found.iter().map(|g| g.name.as_str()).collect();
         let gone: Vec<String> = self
             .guests
@@ -101,8 +117,9 @@ impl Supervisor {
             self.unload(&name).await;
         }
         for files in found {
-            let unchanged = self.guests.get(&files.name) == Some(&files.fingerprint)
-                || self.failed.get(&files.name) == Some(&files.fingerprint);
+            let unchanged = !reclaimed
+                && (self.guests.get(&files.name) == Some(&files.fingerprint)
+                    || self.failed.get(&files.name) == Some(&files.fingerprint));
             if !unchanged {
                 self.load(files).await;
                 changed = true;
@@ -116,8 +133,10 @@ impl Supervisor {
     async fn load(&mut self, files: GuestFiles) {
         let name = files.name.clone();
         let is_reload = self.guests.contains_key(&name);
-        let guest = match load_guest(&self.runtime, &files, &self.config).await {
-            Ok(guest) => guest,
+        let (guest, notes) = match load_guest(&self.runtime, &files, &self.config, &self.claims)
+            .await
+        {
+            Ok(loaded) => loaded,
             Err(mut reason) => {
                 if is_reload {
                     reason.push_str("; still serving the previous version");
@@ -140,10 +159,14 @@ impl Supervisor {
         };
         self.failed.remove(&name);
 
-        let mut skipped = Vec::new();
-        let served = &self.served;
-        let taken = |resource: &str| served.get(resource).is_some_and(|s| s.guest != name);
-        let accepted = accept_resources(&files, &guest, taken, &mut skipped);
+        let mut skipped: Vec<Skipped> = notes
+            .into_iter()
+            .map(|reason| Skipped {
+                path: files.wasm.clone(),
+                reason,
+            })
+            .collect();
+        let accepted = accept_resources(&files, &guest, &self.claims, &mut skipped);
         // Resources this guest no longer advertises, or whose options changed (the
         // kubelet reads options at registration), stop; the rest switch backends.
         let previous: Vec<String> = self
@@ -165,6 +188,10 @@ impl Supervisor {
             }
         }
         for spec in accepted {
+            // A name that changed owners (the policies changed) leaves its old guest.
+            if self.served.get(&spec.name).is_some_and(|s| s.guest != name) {
+                self.stop(&spec.name).await;
+            }
             match self.served.get(&spec.name) {
                 Some(served) => {
                     served
@@ -188,7 +215,7 @@ impl Supervisor {
         let service = Arc::new(ResourceService::new(
             spec.clone(),
             Arc::new(guest.clone()),
-            self.config.host_root.clone(),
+            self.config.node_root(),
             guest.grant().clone(),
         ));
         service.refresh().await;
@@ -268,11 +295,12 @@ impl Supervisor {
 }
 
 /// The guest's resources that may be registered (valid names, within the policy's
-/// prefixes, not `taken` by another guest, advertised once); the others go to `skipped`.
+/// prefixes, owned by this guest under `claims`, advertised once, at most
+/// [`MAX_RESOURCES_PER_GUEST`]); the others go to `skipped`.
 pub(super) fn accept_resources(
     files: &GuestFiles,
     guest: &Guest,
-    taken: impl Fn(&str) -> bool,
+    claims: &Claims,
     skipped: &mut Vec<Skipped>,
 ) -> Vec<ResourceSpec> {
     let path = files.wasm.display();
@@ -286,9 +314,11 @@ pub(super) fn accept_resources(
                 spec.name,
                 guest.grant().resource_prefixes.join(", ")
             ))
-        } else if taken(&spec.name) {
+        } else if let Some(why) = not_owned(claims, &files.name, &spec.name) {
+            Some(format!("{path}: resource {}: {why}", spec.name))
+        } else if accepted.len() == MAX_RESOURCES_PER_GUEST {
             Some(format!(
-                "{path}: resource {} is already served by another guest",
+                "{path}: resource {}: a guest may advertise at most {MAX_RESOURCES_PER_GUEST} resources",
                 spec.name
             ))
         } else if accepted.iter().any(|a| a.name == spec.name) {
@@ -313,15 +343,32 @@ pub(super) fn accept_resources(
     accepted
 }
 
+/// Why `guest` may not serve `resource` under `claims`, if it may not.
+fn not_owned(claims: &Claims, guest: &str, resource: &str) -> Option<String> {
+    match claims.owner_of(resource) {
+        Owner::Guest(owner) if owner == guest => None,
+        Owner::Guest(owner) => Some(format!(
+            "the policy of guest {owner} grants it more specifically; it is {owner}'s"
+        )),
+        Owner::Contested { prefix, guests } => Some(format!(
+            "the policies of guests {} all grant it (prefix {prefix}), so none of them serves it; narrow all but one policy",
+            guests.join(", ")
+        )),
+        Owner::Nobody => Some("no policy grants it".to_owned()),
+    }
+}
+
 /// Loads one guest with its policy and configuration. A guest without a policy is not
-/// loaded: guests are denied everything by default.
+/// loaded: guests are denied everything by default. CDI kinds that another policy
+/// grants too are taken out of this guest's grant; the notes say which.
 pub(super) async fn load_guest(
     runtime: &Runtime,
     files: &GuestFiles,
     config: &HostConfig,
-) -> Result<Guest, String> {
+    claims: &Claims,
+) -> Result<(Guest, Vec<String>), String> {
     let path = &files.wasm;
-    let policy = GuestPolicy::for_guest(path, &config.limits)
+    let mut policy = GuestPolicy::for_guest(path, &config.limits)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {
             format!(
@@ -330,9 +377,21 @@ pub(super) async fn load_guest(
                 policy::policy_path(path).display()
             )
         })?;
+    let mut notes = Vec::new();
+    for (kind, others) in claims.contested_kinds(&files.name) {
+        policy.grant.cdi_kinds.retain(|k| k != &kind);
+        let reason = format!(
+            "{}: CDI kind {kind} is granted to guests {} as well, so none of them may write it; narrow all but one policy",
+            path.display(),
+            others.join(", ")
+        );
+        tracing::error!(guest = %files.name, %reason, "CDI kind withheld");
+        notes.push(reason);
+    }
     let guest_config = guests_dir::read_config(path)?;
-    runtime
+    let guest = runtime
         .load(&files.name, path, guest_config, policy)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((guest, notes))
 }

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::device::{ContainerAllocation, Device, PreferredRequest};
+use crate::handout::CdiLedger;
 use crate::runtime::{Guest, GuestError};
 
 /// A boxed future, so that [`Backend`] can be used as a trait object.
@@ -18,6 +19,11 @@ pub trait Backend: Send + Sync + 'static {
     /// faulting), if so; its devices are then reported unhealthy.
     fn degraded(&self) -> Option<String> {
         None
+    }
+    /// The CDI devices the backend defined through the host; an answer may name only
+    /// those. A backend that writes no specs defines none.
+    fn cdi_ledger(&self) -> CdiLedger {
+        CdiLedger::default()
     }
     fn list_devices<'a>(
         &'a self,
@@ -59,6 +65,10 @@ impl Backend for Guest {
 
     fn degraded(&self) -> Option<String> {
         Guest::degraded(self).map(|call| format!("its {call} export keeps faulting"))
+    }
+
+    fn cdi_ledger(&self) -> CdiLedger {
+        Guest::cdi_ledger(self).clone()
     }
 
     fn list_devices<'a>(

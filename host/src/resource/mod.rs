@@ -5,7 +5,6 @@
 //! any guest runs), and checks the guest's answers before the kubelet sees them. It talks
 //! to vendor logic through [`backend::Backend`], so it can be tested with a native fake.
 
-pub mod answer;
 pub mod backend;
 pub mod name;
 pub mod service;

@@ -19,7 +19,7 @@ pub struct InvalidResourceName {
 pub fn validate(name: &str) -> Result<(), InvalidResourceName> {
     let fail = |reason| {
         Err(InvalidResourceName {
-            name: name.to_owned(),
+            name: crate::guest_text::clean_to(name, crate::guest_text::MAX_NAME_BYTES),
             reason,
         })
     };

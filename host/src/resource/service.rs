@@ -1,18 +1,17 @@
 //! One advertised resource: its device snapshot, and the checks around every call.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::answer;
 use super::backend::Backend;
 use super::snapshot::Snapshot;
 use crate::device::{ContainerAllocation, Health, PreferredRequest, ResourceSpec};
 use crate::grant::Grant;
+use crate::handout::{self, NodeRoot};
 use crate::metrics::metrics;
 use crate::runtime::GuestError;
 use crate::wit::latest::types::Error as WitError;
@@ -64,7 +63,7 @@ struct Vendor {
 pub struct ResourceService {
     spec: ResourceSpec,
     vendor: RwLock<Vendor>,
-    host_root: PathBuf,
+    root: NodeRoot,
     snapshot: watch::Sender<Snapshot>,
     failures: AtomicU32,
     /// Whether the last refresh found the backend degraded (to log transitions only).
@@ -73,17 +72,17 @@ pub struct ResourceService {
 
 impl ResourceService {
     /// A service with an empty snapshot; call [`refresh`](Self::refresh) to fill it.
-    /// Allocation answers are checked against `grant`.
+    /// Allocation answers are checked against `grant` on the node at `root`.
     pub fn new(
         spec: ResourceSpec,
         backend: Arc<dyn Backend>,
-        host_root: impl Into<PathBuf>,
+        root: impl Into<NodeRoot>,
         grant: Arc<Grant>,
     ) -> Self {
         Self {
             spec,
             vendor: RwLock::new(Vendor { backend, grant }),
-            host_root: host_root.into(),
+            root: root.into(),
             snapshot: watch::Sender::new(Snapshot::default()),
             failures: AtomicU32::new(0),
             degraded: AtomicBool::new(false),
@@ -236,14 +235,26 @@ impl ResourceService {
                 self.spec.name
             )));
         }
-        for allocation in &answer {
-            answer::check(allocation, &self.host_root, &vendor.grant).map_err(|e| {
-                ServiceError::Internal(format!(
-                    "guest {} gave an allocation for {} that was refused: {e}",
-                    vendor.backend.name(),
-                    self.spec.name
-                ))
-            })?;
+        let ledger = vendor.backend.cdi_ledger();
+        for (i, allocation) in answer.iter().enumerate() {
+            handout::check_allocation(allocation, &self.root, &vendor.grant, &ledger).map_err(
+                |e| {
+                    tracing::error!(
+                        resource = %self.spec.name,
+                        guest = vendor.backend.name(),
+                        container = i,
+                        refused = %e,
+                        "allocation refused: the guest handed out what its policy does not grant; \
+                         widen the policy only if the vendor's reason is sound"
+                    );
+                    metrics().handout_refused(vendor.backend.name());
+                    ServiceError::Internal(format!(
+                        "guest {} gave an allocation for {} that was refused: container {i}: {e}",
+                        vendor.backend.name(),
+                        self.spec.name
+                    ))
+                },
+            )?;
         }
         Ok(answer)
     }
@@ -461,7 +472,10 @@ mod tests {
             options,
         };
         let grant = Grant {
-            device_patterns: vec!["/dev/**".into()],
+            devices: vec![crate::grant::DeviceGrant {
+                pattern: "/dev/**".into(),
+                kind: crate::grant::NodeKind::Char,
+            }],
             ..Grant::none()
         };
         ResourceService::new(spec, fake, "/nonexistent-root", Arc::new(grant))

@@ -48,10 +48,13 @@ impl Snapshot {
                     .chars()
                     .any(|c| c.is_whitespace() || c.is_control())
             {
-                return Err(SnapshotError::BadId(device.id.clone()));
+                return Err(SnapshotError::BadId(crate::guest_text::clean_to(
+                    &device.id,
+                    crate::guest_text::MAX_NAME_BYTES,
+                )));
             }
             if index.insert(device.id.clone(), i).is_some() {
-                return Err(SnapshotError::Duplicate(device.id.clone()));
+                return Err(SnapshotError::Duplicate(device.id.clone())); // a valid ID: short, no controls
             }
             device.numa_nodes.sort_unstable();
             device.numa_nodes.dedup();

@@ -13,10 +13,11 @@ use super::cache::CompileCache;
 use super::limits::GuestLimits;
 use super::signature::TrustedKeys;
 use super::state::GuestState;
+use crate::handout::DeviceNodes;
 use crate::hostfns::NodeAccess;
 use crate::wit::latest;
 
-/// How often the epoch advances; CPU-time deadlines are counted in these ticks.
+/// How often the epoch advances; wall-clock deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// One engine and linker for every guest (mixing engines has been a wasmtime bug class),
@@ -27,6 +28,7 @@ pub struct Runtime {
     pub(crate) limits: GuestLimits,
     pub(crate) host_root: PathBuf,
     pub(crate) cdi_dir: PathBuf,
+    pub(crate) device_nodes: DeviceNodes,
     pub(crate) cache: Option<CompileCache>,
     pub(crate) trusted: Option<TrustedKeys>,
     pub(crate) stats: Arc<LoadStats>,
@@ -82,10 +84,17 @@ impl Runtime {
             limits,
             host_root: host_root.into(),
             cdi_dir: cdi_dir.into(),
+            device_nodes: DeviceNodes::Real,
             cache: None,
             trusted: None,
             stats: Arc::default(),
         })
+    }
+
+    /// How device nodes under the host root are read (simulated only for fixtures).
+    pub fn with_device_nodes(mut self, device_nodes: DeviceNodes) -> Self {
+        self.device_nodes = device_nodes;
+        self
     }
 
     /// Keeps compiled guests in `cache`, so that a restart does not compile them again.
@@ -114,7 +123,7 @@ fn node_access(state: &mut GuestState) -> &mut NodeAccess {
     &mut state.node
 }
 
-/// Epoch ticks for a CPU-time budget, rounded up, at least one.
+/// Epoch ticks for a wall-clock budget, rounded up, at least one.
 pub(crate) fn ticks(budget: Duration) -> u64 {
     (budget.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
 }

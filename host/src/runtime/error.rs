@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::guest_text::clean;
 use crate::wit::latest::types::Error as WitError;
 
 /// Why a call into a guest did not produce an answer.
@@ -18,21 +19,24 @@ pub enum GuestError {
     },
     /// The guest trapped (panic, out-of-bounds access, out of memory...). The instance
     /// was discarded and is rebuilt for the next call.
-    #[error("guest {guest} {call} trapped: {reason}; the instance is rebuilt for the next call")]
+    #[error(
+        "guest {guest} {call} trapped: {}; the instance is rebuilt for the next call",
+        clean(reason)
+    )]
     Trap {
         guest: String,
         call: &'static str,
         reason: String,
     },
-    /// The guest ran past its CPU-time deadline and was interrupted.
-    #[error("guest {guest} {call} ran past its {limit:?} deadline and was interrupted")]
+    /// The guest ran past its wall-clock deadline and was interrupted.
+    #[error("guest {guest} {call} ran past its {limit:?} wall-clock deadline and was interrupted")]
     Deadline {
         guest: String,
         call: &'static str,
         limit: Duration,
     },
     /// The guest answered, but the answer is malformed.
-    #[error("guest {guest} {call} gave a malformed answer: {reason}")]
+    #[error("guest {guest} {call} gave a malformed answer: {}", clean(reason))]
     Malformed {
         guest: String,
         call: &'static str,
@@ -53,7 +57,8 @@ impl GuestError {
     }
 }
 
-/// An operator-facing rendering of a guest's error value: `kind: message`.
+/// An operator-facing rendering of a guest's error value: `kind: message`, the message
+/// cleaned of control characters and cut to a bounded length (it is the guest's text).
 pub fn describe(error: &WitError) -> String {
     let (kind, message) = match error {
         WitError::InvalidConfig(m) => ("invalid config", m),
@@ -63,5 +68,5 @@ pub fn describe(error: &WitError) -> String {
         WitError::Io(m) => ("i/o error", m),
         WitError::Other(m) => ("error", m),
     };
-    format!("{kind}: {message}")
+    format!("{kind}: {}", clean(message))
 }

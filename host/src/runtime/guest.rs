@@ -24,6 +24,7 @@ use super::state::GuestState;
 use crate::config::policy::GuestPolicy;
 use crate::device::{ContainerAllocation, Device, PreferredRequest, ResourceSpec};
 use crate::grant::Grant;
+use crate::handout::CdiLedger;
 use crate::hostfns::NodeAccess;
 use crate::metrics::metrics;
 use crate::wit::latest::plugin::Guest as PluginExports;
@@ -50,6 +51,7 @@ pub struct Guest {
     resources: Arc<[ResourceSpec]>,
     limits: Arc<GuestLimits>,
     grant: Arc<Grant>,
+    cdi_ledger: CdiLedger,
     faults: Arc<FaultRecord>,
     handles_release: bool,
 }
@@ -105,7 +107,9 @@ impl Guest {
         policy: GuestPolicy,
     ) -> Result<Guest, GuestError> {
         let grant = Arc::new(policy.grant);
-        let node = NodeAccess::new(name, &runtime.host_root, grant.clone(), &runtime.cdi_dir);
+        let node = NodeAccess::new(name, &runtime.host_root, grant.clone(), &runtime.cdi_dir)
+            .with_device_nodes(runtime.device_nodes);
+        let cdi_ledger = node.cdi_ledger().clone();
         // A guest without the optional export still links; it just is not told.
         let release_hook = ReleaseHookIndices::new(pre.instance_pre()).ok();
         let handles_release = release_hook.is_some();
@@ -137,6 +141,7 @@ impl Guest {
             resources: Arc::from(Vec::new()),
             limits: Arc::new(policy.limits),
             grant,
+            cdi_ledger,
             faults: Arc::default(),
             handles_release,
         };
@@ -153,6 +158,11 @@ impl Guest {
     /// The guest's name (its file name without `.wasm`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The CDI devices this guest defined through the host (shared by its instances).
+    pub fn cdi_ledger(&self) -> &CdiLedger {
+        &self.cdi_ledger
     }
 
     /// What the guest may touch, hand out and advertise.
@@ -445,13 +455,9 @@ impl Worker {
             Some(trap) => trap.to_string(),
             None => format!("{e:#}"),
         };
-        if reason.len() > MAX_REASON_BYTES {
-            let mut end = MAX_REASON_BYTES;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-        }
+        // A trap's text carries the guest's own function names (its name section):
+        // guest text, so cleaned like any other.
+        reason = crate::guest_text::clean_to(&reason, MAX_REASON_BYTES);
         if let Some(desired) = memory_refused {
             reason = format!(
                 "{reason} (it asked for {} MiB of memory; its limit is {} MiB)",

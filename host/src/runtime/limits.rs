@@ -1,4 +1,4 @@
-//! What one guest may consume: memory, CPU time per call, instances and host data.
+//! What one guest may consume: memory, wall-clock time per call, instances and host data.
 
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ pub struct GuestLimits {
     pub hostcall_bytes: usize,
     /// Largest `.wasm` accepted. Default 1 MiB, the size of a ConfigMap.
     pub max_wasm_bytes: u64,
-    /// CPU-time budget per export call.
+    /// Wall-clock budget per export call (epoch interruption counts elapsed time, not
+    /// CPU time: a guest waiting in a host function uses it up too).
     pub deadlines: CallDeadlines,
     /// How long a guest that keeps faulting stays degraded (its devices Unhealthy) after
     /// its last fault. Default 30 s.
