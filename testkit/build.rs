@@ -37,8 +37,13 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    println!("cargo:rerun-if-env-changed=WDP_GUESTS_TARGET_DIR");
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+    // Several checkouts sharing one CARGO_TARGET_DIR would overwrite each other's guests
+    // there; WDP_GUESTS_TARGET_DIR gives a checkout a guests directory of its own.
+    let own = std::env::var_os("WDP_GUESTS_TARGET_DIR").map(PathBuf::from);
+    let target_dir = own.map(Ok).unwrap_or_else(|| Err(()));
+    let target_dir = target_dir.unwrap_or_else(|()| std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| {
             if t.is_absolute() {
@@ -48,7 +53,7 @@ fn main() {
             }
         })
         .unwrap_or_else(|| workspace.join("target"))
-        .join("guests");
+        .join("guests"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build

@@ -78,6 +78,13 @@ pub struct Metrics {
     pub guest_faults: Family<GuestFault, Counter>,
     /// `wdp_reloads_total{result}`: guest updates applied or refused.
     pub reloads: Family<Outcome, Counter>,
+    /// `wdp_guest_stuck_threads{guest}`: threads abandoned in a stuck host call.
+    pub stuck_threads: Family<GuestLabel, Gauge>,
+    /// `wdp_guest_load_failures{guest}`: failed loads in a row (0 once loaded); the
+    /// host tries again with back-off.
+    pub load_failures: Family<GuestLabel, Gauge>,
+    /// `wdp_guest_load_retries_total{guest}`.
+    pub load_retries: Family<GuestLabel, Counter>,
     /// `wdp_handouts_refused_total{guest}`: answers and CDI specs refused by the policy.
     pub handouts_refused: Family<GuestLabel, Counter>,
     /// Resources currently registered with the kubelet (for readiness).
@@ -129,6 +136,24 @@ impl Metrics {
             "Guest updates, applied or refused",
             reloads.clone(),
         );
+        let stuck_threads = Family::default();
+        registry.register(
+            "guest_stuck_threads",
+            "Guest threads abandoned while stuck in a host call past their deadline",
+            stuck_threads.clone(),
+        );
+        let load_failures = Family::default();
+        registry.register(
+            "guest_load_failures",
+            "Failed loads of a guest in a row (0 once loaded); retried with back-off",
+            load_failures.clone(),
+        );
+        let load_retries = Family::default();
+        registry.register(
+            "guest_load_retries",
+            "Loads of a guest tried again after a failure",
+            load_retries.clone(),
+        );
         let handouts_refused = Family::default();
         registry.register(
             "handouts_refused",
@@ -137,6 +162,9 @@ impl Metrics {
         );
         Self {
             registry,
+            stuck_threads,
+            load_failures,
+            load_retries,
             handouts_refused,
             devices,
             allocations,
@@ -209,6 +237,41 @@ impl Metrics {
                 result: if applied { "applied" } else { "refused" }.into(),
             })
             .inc();
+    }
+
+    pub fn set_load_failures(&self, guest: &str, failures: u32) {
+        self.load_failures
+            .get_or_create(&GuestLabel {
+                guest: guest.into(),
+            })
+            .set(i64::from(failures));
+    }
+
+    pub fn load_retry(&self, guest: &str) {
+        self.load_retries
+            .get_or_create(&GuestLabel {
+                guest: guest.into(),
+            })
+            .inc();
+    }
+
+    /// Deletes the per-guest series of a guest that left the guests directory.
+    pub fn forget_guest(&self, guest: &str) {
+        let label = GuestLabel {
+            guest: guest.into(),
+        };
+        self.load_failures.remove(&label);
+        self.load_retries.remove(&label);
+        self.stuck_threads.remove(&label);
+        self.handouts_refused.remove(&label);
+    }
+
+    pub fn set_stuck_threads(&self, guest: &str, stuck: usize) {
+        self.stuck_threads
+            .get_or_create(&GuestLabel {
+                guest: guest.into(),
+            })
+            .set(stuck as i64);
     }
 
     pub fn handout_refused(&self, guest: &str) {

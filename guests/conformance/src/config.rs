@@ -13,6 +13,9 @@ pub struct Config {
     pub faults: Faults,
     /// The path the `probe` fault reads.
     pub probe: Option<String>,
+    /// A node file `configure` needs (as a driver's attribute that appears late at
+    /// boot): while it cannot be read, `configure` fails.
+    pub require_file: Option<String>,
     /// A hostile allocation answer (see `attack`).
     pub attack: Option<Attack>,
     /// A hostile CDI spec written before answering.
@@ -32,6 +35,7 @@ impl Default for Config {
             }],
             faults: Faults::default(),
             probe: None,
+            require_file: None,
             attack: None,
             cdi_attack: None,
         }

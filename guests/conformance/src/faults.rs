@@ -13,6 +13,9 @@ pub enum Fault {
     Trap,
     /// Spin forever (the host's deadline must stop it).
     Loop,
+    /// Sleep for an hour through WASI: the guest blocks inside a host call (a poll),
+    /// where epoch interruption cannot reach; the host must cut the call loose.
+    Sleep,
     /// Allocate memory until allocation fails (the host's memory limit must stop it).
     Grow,
     /// Recurse without end (the guest's stack must run out, not the host's).
@@ -77,6 +80,10 @@ pub fn inject(fault: Option<Fault>, probe: Option<&str>) -> Result<(), Error> {
         Some(Fault::Loop) => loop {
             core::hint::black_box(());
         },
+        Some(Fault::Sleep) => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(())
+        }
         Some(Fault::Grow) => grow(),
         Some(Fault::Recurse) => {
             recurse(core::hint::black_box(1));

@@ -55,6 +55,11 @@ struct Conformance;
 impl Guest for Conformance {
     fn configure(text: String) -> Result<(), Error> {
         let parsed = Config::parse(&text)?;
+        if let Some(path) = &parsed.require_file {
+            sysfs::read_file(path).map_err(|e| {
+                Error::Other(format!("waiting for {path}, which this guest needs: {e:?}"))
+            })?;
+        }
         let fault = parsed.faults.configure;
         let probe = parsed.probe.clone();
         CONFIG.with(|c| *c.borrow_mut() = parsed);

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use super::guest_task::{accept_resources, load_guest};
 use super::guests_dir;
 use super::ownership::Claims;
-use super::supervisor::{accept_resources, load_guest};
 use super::{NodeError, Skipped};
 use crate::config::HostConfig;
 use crate::device::{Device, ResourceSpec};

@@ -2,9 +2,11 @@
 //! plug-in per accepted resource, and follows the directory as operators change it.
 
 pub mod check;
+mod guest_task;
 mod guests_dir;
 mod ops;
 pub mod ownership;
+mod status_board;
 mod supervisor;
 
 pub use guests_dir::CONFIG_EXTENSIONS;
@@ -114,16 +116,21 @@ impl Node {
         })?;
         let stats = runtime.stats();
         let (status_tx, status) = watch::channel(Status::default());
-        let mut supervisor = Supervisor::new(config.clone(), runtime, status_tx);
-        supervisor.sync().await;
+        let (shutdown, stop) = watch::channel(false);
+        let mut supervisor = Supervisor::new(config.clone(), runtime, status_tx, stop.clone());
+        // Guests load concurrently, each on its own task; start-up waits for every
+        // first try (a failed one is retried later without holding the others).
+        for loaded in supervisor.sync().await {
+            let _ = loaded.await;
+        }
+        supervisor.publish();
         if status.borrow().resources.is_empty() {
             tracing::warn!(
                 dir = %config.guests_dir.display(),
                 "no resource is being served; put <name>.wasm guests with their <name>.policy.json in the guests directory"
             );
         }
-        let (shutdown, stop) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(supervisor.run(stop.clone()))];
+        let mut tasks = vec![tokio::spawn(supervisor.run())];
         let mut ops_addr = None;
         if let Some(addr) = config.metrics_addr {
             let listener = ops::bind(addr)

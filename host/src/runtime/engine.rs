@@ -32,6 +32,8 @@ pub struct Runtime {
     pub(crate) cache: Option<CompileCache>,
     pub(crate) trusted: Option<TrustedKeys>,
     pub(crate) stats: Arc<LoadStats>,
+    /// Per guest name, its threads stuck in host calls, across reloads.
+    stuck: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
 }
 
 /// Counts of how guests were obtained, for logs, metrics and tests.
@@ -88,6 +90,7 @@ impl Runtime {
             cache: None,
             trusted: None,
             stats: Arc::default(),
+            stuck: Default::default(),
         })
     }
 
@@ -95,6 +98,16 @@ impl Runtime {
     pub fn with_device_nodes(mut self, device_nodes: DeviceNodes) -> Self {
         self.device_nodes = device_nodes;
         self
+    }
+
+    /// The count of `guest`'s threads stuck in host calls, shared by all its versions.
+    pub(crate) fn stuck_counter(&self, guest: &str) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.stuck
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(guest.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Keeps compiled guests in `cache`, so that a restart does not compile them again.

@@ -1,14 +1,12 @@
-//! A loaded guest and the thread that runs it.
+//! A loaded guest: the handle the resource layer calls, and its crash-loop record.
 //!
-//! Each guest gets one OS thread that owns its `Store` (stores are not `Sync`, and a
-//! dedicated thread means a guest stuck in a host call can never block the async
-//! runtime). Calls arrive over a bounded queue and run one at a time under an epoch
-//! deadline. A trap or deadline discards the instance; the next call re-instantiates
-//! from the pre-linked component and calls `configure` again, so a fault costs one call,
-//! never the guest or the host.
+//! Calls run on the guest's own thread ([`super::worker`]) under a wall-clock deadline.
+//! A trap or deadline discards the instance; the next call re-instantiates from the
+//! pre-linked component and calls `configure` again. A call stuck in a host function
+//! past its deadline plus grace is answered at once and its thread cut loose. So a fault
+//! costs one call, never the guest or the host.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -17,37 +15,30 @@ use tokio::sync::oneshot;
 use wasmtime::Store;
 
 use super::convert;
-use super::engine::{Runtime, ticks};
+use super::engine::Runtime;
 use super::error::GuestError;
 use super::limits::GuestLimits;
 use super::state::GuestState;
+use super::worker::{Bindings, Job, Lane, QUEUE_DEPTH, Refusal, WorkerSeed};
 use crate::config::policy::GuestPolicy;
 use crate::device::{ContainerAllocation, Device, PreferredRequest, ResourceSpec};
 use crate::grant::Grant;
 use crate::handout::CdiLedger;
 use crate::hostfns::NodeAccess;
 use crate::metrics::metrics;
-use crate::wit::latest::plugin::Guest as PluginExports;
-use crate::wit::latest::release_hook::{ReleaseHook, ReleaseHookIndices};
+use crate::wit::latest::DevicePluginPre;
+use crate::wit::latest::release_hook::ReleaseHookIndices;
 use crate::wit::latest::types::Error as WitError;
-use crate::wit::latest::{DevicePlugin, DevicePluginPre};
 
-/// Calls that may wait for a busy guest before callers are told it is unavailable.
-const QUEUE_DEPTH: usize = 64;
-/// Extra wall-clock time on top of a call's CPU deadline before the caller gives up
-/// (covers queueing and a host call that blocks on slow I/O).
-const WALL_CLOCK_GRACE: Duration = Duration::from_secs(2);
-/// Longest trap message kept for logs.
-const MAX_REASON_BYTES: usize = 512;
-
-type Job = Box<dyn FnOnce(&mut Worker) + Send>;
-
+/// Extra wall-clock time on top of a call's deadline before the caller gives up and
+/// the thread is cut loose (covers queueing and a host call that blocks on slow I/O).
+pub const WALL_CLOCK_GRACE: Duration = Duration::from_secs(2);
 /// Handle to a running guest. Cheap to clone; the guest's thread ends when the last
 /// handle is dropped.
 #[derive(Clone)]
 pub struct Guest {
     name: Arc<str>,
-    jobs: SyncSender<Job>,
+    lane: Arc<Lane>,
     resources: Arc<[ResourceSpec]>,
     limits: Arc<GuestLimits>,
     grant: Arc<Grant>,
@@ -113,31 +104,23 @@ impl Guest {
         // A guest without the optional export still links; it just is not told.
         let release_hook = ReleaseHookIndices::new(pre.instance_pre()).ok();
         let handles_release = release_hook.is_some();
-        let worker = Worker {
+        let seed = WorkerSeed {
             name: name.into(),
             release_hook,
             pre,
             config,
             limits: policy.limits.clone(),
             node,
-            live: None,
         };
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name(format!("guest-{name}"))
-            .spawn(move || {
-                let mut worker = worker;
-                while let Ok(job) = queue.recv() {
-                    job(&mut worker);
-                }
-            })
-            .map_err(|e| GuestError::Unavailable {
+        let lane = Lane::start(seed, runtime.stuck_counter(name)).map_err(|e| {
+            GuestError::Unavailable {
                 guest: name.into(),
                 reason: format!("cannot start its thread: {e}"),
-            })?;
+            }
+        })?;
         let mut guest = Guest {
             name: name.into(),
-            jobs,
+            lane: Arc::new(lane),
             resources: Arc::from(Vec::new()),
             limits: Arc::new(policy.limits),
             grant,
@@ -280,18 +263,29 @@ impl Guest {
         let span = tracing::debug_span!("guest_call", guest = %self.name, call);
         let _enter = span.enter();
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |worker: &mut Worker| {
+        let job: Job = Box::new(move |worker| {
+            // A caller that has given up (deadline, cancelled RPC) is never served late:
+            // a pre-start reset the kubelet stopped waiting for must not run afterwards.
+            if reply.is_closed() {
+                return;
+            }
             let _ = reply.send(worker.call(call, budget, f));
         });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+        let generation = match self.lane.submit(job) {
+            Ok(generation) => generation,
+            Err(Refusal::Busy) => {
                 return Err(self.unavailable(format!("{QUEUE_DEPTH} calls already waiting")));
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(self.unavailable("its thread has ended".into()));
+            Err(Refusal::OutOfService { stuck }) => {
+                self.faults.record(call, true);
+                return Err(self.unavailable(format!(
+                    "{stuck} of its calls are stuck in host functions; it takes no calls until one returns"
+                )));
             }
-        }
+            Err(Refusal::Spawn(e)) => {
+                return Err(self.unavailable(format!("cannot start a thread: {e}")));
+            }
+        };
         drop(_enter);
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(budget + WALL_CLOCK_GRACE, answer).await;
@@ -310,164 +304,37 @@ impl Guest {
                 result
             }
             Ok(Err(_)) => Err(self.unavailable("its thread ended during the call".into())),
-            Err(_) => Err(GuestError::Deadline {
-                guest: self.name.to_string(),
-                call,
-                limit: budget,
-            }),
+            Err(_) => {
+                // Stuck in a host function, where epoch interruption cannot reach.
+                let stuck = self.lane.cut_loose(generation);
+                metrics().guest_fault(&self.name, "stuck");
+                metrics().set_stuck_threads(&self.name, stuck);
+                self.faults.record(call, true);
+                tracing::error!(
+                    guest = %self.name,
+                    call,
+                    stuck,
+                    "guest call stuck in a host function past its deadline; its thread is cut loose \
+                     and a fresh instance takes the next call (check what the guest reads: a FIFO, \
+                     a slow driver attribute, a sleep)"
+                );
+                Err(GuestError::Deadline {
+                    guest: self.name.to_string(),
+                    call,
+                    limit: budget,
+                })
+            }
         }
+    }
+
+    /// Threads of this guest stuck in host calls right now.
+    pub fn stuck_threads(&self) -> usize {
+        self.lane.stuck()
     }
 
     fn unavailable(&self, reason: String) -> GuestError {
         GuestError::Unavailable {
             guest: self.name.to_string(),
-            reason,
-        }
-    }
-}
-
-/// State owned by a guest's thread.
-struct Worker {
-    name: String,
-    pre: DevicePluginPre<GuestState>,
-    config: String,
-    limits: GuestLimits,
-    /// Host functions' state, cloned into every new instance.
-    node: NodeAccess,
-    /// Where the optional `lifecycle` export is, if the guest has it.
-    release_hook: Option<ReleaseHookIndices>,
-    /// The live instance; `None` after a fault until the next call rebuilds it.
-    live: Option<Live>,
-}
-
-struct Live {
-    store: Store<GuestState>,
-    bindings: Bindings,
-}
-
-/// A live instance's exports: the contract's, and the optional release hook.
-pub(crate) struct Bindings {
-    plugin: DevicePlugin,
-    release: Option<ReleaseHook>,
-}
-
-impl Bindings {
-    fn plugin(&self) -> &PluginExports {
-        self.plugin.wdp_device_plugin_plugin()
-    }
-}
-
-impl Worker {
-    fn call<R>(
-        &mut self,
-        call: &'static str,
-        budget: Duration,
-        f: impl FnOnce(&Bindings, &mut Store<GuestState>) -> wasmtime::Result<Result<R, WitError>>,
-    ) -> Result<R, GuestError> {
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => self.instantiate()?,
-        };
-        let Live {
-            mut store,
-            bindings,
-        } = live;
-        store.set_epoch_deadline(ticks(budget));
-        store.data_mut().limits.memory_refused = None;
-        let outcome = f(&bindings, &mut store);
-        match outcome {
-            Ok(answer) => {
-                self.live = Some(Live { store, bindings });
-                answer.map_err(|error| GuestError::Reported {
-                    guest: self.name.clone(),
-                    call,
-                    error,
-                })
-            }
-            // The instance is poisoned after a trap: drop it (`live` stays `None`).
-            Err(e) => {
-                let refused = store.data().limits.memory_refused;
-                let error = self.fault(call, budget, e, refused);
-                tracing::warn!(guest = %self.name, error = %error, "guest call failed");
-                Err(error)
-            }
-        }
-    }
-
-    fn instantiate(&mut self) -> Result<Live, GuestError> {
-        let mut store = Store::new(
-            self.pre.engine(),
-            GuestState::new(self.node.clone(), &self.limits),
-        );
-        store.limiter(|state| &mut state.limits);
-        store.set_hostcall_fuel(self.limits.hostcall_bytes);
-        store.epoch_deadline_trap();
-        // Instantiation runs guest code (start functions), so the deadline comes first.
-        let budget = self.limits.deadlines.configure;
-        store.set_epoch_deadline(ticks(budget));
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| self.fault("instantiate", budget, e, None))?;
-        let plugin = DevicePlugin::new(&mut store, &instance)
-            .map_err(|e| self.fault("instantiate", budget, e, None))?;
-        let release = match &self.release_hook {
-            Some(indices) => Some(
-                indices
-                    .load(&mut store, &instance)
-                    .map_err(|e| self.fault("instantiate", budget, e, None))?,
-            ),
-            None => None,
-        };
-        let bindings = Bindings { plugin, release };
-        match bindings.plugin().call_configure(&mut store, &self.config) {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
-            Ok(Err(error)) => Err(GuestError::Reported {
-                guest: self.name.clone(),
-                call: "configure",
-                error,
-            }),
-            Err(e) => {
-                let refused = store.data().limits.memory_refused;
-                Err(self.fault("configure", budget, e, refused))
-            }
-        }
-    }
-
-    /// Classifies a trap; `memory_refused` is the size of a refused memory growth, which
-    /// explains an otherwise bare `unreachable` trap.
-    fn fault(
-        &self,
-        call: &'static str,
-        budget: Duration,
-        e: wasmtime::Error,
-        memory_refused: Option<usize>,
-    ) -> GuestError {
-        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-            return GuestError::Deadline {
-                guest: self.name.clone(),
-                call,
-                limit: budget,
-            };
-        }
-        let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{e:#}"),
-        };
-        // A trap's text carries the guest's own function names (its name section):
-        // guest text, so cleaned like any other.
-        reason = crate::guest_text::clean_to(&reason, MAX_REASON_BYTES);
-        if let Some(desired) = memory_refused {
-            reason = format!(
-                "{reason} (it asked for {} MiB of memory; its limit is {} MiB)",
-                desired >> 20,
-                self.limits.memory_bytes >> 20
-            );
-        }
-        GuestError::Trap {
-            guest: self.name.clone(),
-            call,
             reason,
         }
     }

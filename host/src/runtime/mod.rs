@@ -1,9 +1,10 @@
 //! Guest runtime: the only code that touches wasmtime.
 //!
 //! One [`engine::Runtime`] per process (one `Engine`, one `Linker`, one epoch ticker).
-//! [`loader`] turns a `.wasm` file into a type-checked, pre-linked guest; [`guest`] runs
-//! each guest on its own thread, which owns the live `Store`, serialises calls, applies
-//! the [`limits`], and rebuilds the instance after a trap. Callers never see wasmtime
+//! [`loader`] turns a `.wasm` file into a type-checked, pre-linked guest; [`guest`] is
+//! the handle callers use; [`worker`] runs each guest on its own thread, which owns the
+//! live `Store`, serialises calls, applies the [`limits`], rebuilds the instance after a
+//! trap, and is cut loose when a call gets stuck in a host function. Callers never see wasmtime
 //! types: they get plain Rust values or a [`GuestError`].
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod loader;
 pub mod signature;
 mod state;
+pub mod worker;
 
 pub use engine::Runtime;
 pub use error::GuestError;
