@@ -11,10 +11,13 @@ use std::path::PathBuf;
 
 use container_device_interface::spec::new_spec;
 use container_device_interface::specs::config::Spec as CdiSpec;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use serde_json::Value;
 
 use super::NodeAccess;
-use super::resolver::{ResolveError, Resolver};
+use super::node_file::NodeFile;
+use super::resolver::ResolveError;
 use crate::wit::latest::cdi::Host;
 use crate::wit::latest::types::Error as WitError;
 
@@ -42,13 +45,14 @@ impl Host for NodeAccess {
         }
         self.check_edits(&value)?;
         let dir = self.cdi_directory()?;
-        let file = dir.join(file_name(&kind));
+        let name = file_name(&kind);
+        let file = dir.host().join(&name);
         let mut parsed = new_spec(&raw, &file, 0)
             .map_err(|e| WitError::InvalidArgument(format!("invalid CDI spec: {e:#}")))?;
         let devices = parsed
             .validate()
             .map_err(|e| WitError::InvalidArgument(format!("invalid CDI spec: {e:#}")))?;
-        write_atomically(&file, spec.as_bytes())
+        write_atomically(&dir, &name, spec.as_bytes())
             .map_err(|e| WitError::Io(format!("cannot write {}: {e}", file.display())))?;
         tracing::info!(
             guest = self.guest(),
@@ -69,13 +73,13 @@ impl Host for NodeAccess {
                 self.guest()
             )));
         }
-        let file = self.cdi_directory()?.join(file_name(&kind));
-        match std::fs::remove_file(&file) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        let dir = self.cdi_directory()?;
+        let name = file_name(&kind);
+        match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(WitError::Io(format!(
                 "cannot remove {}: {e}",
-                file.display()
+                dir.host().join(&name).display()
             ))),
         }
     }
@@ -119,21 +123,17 @@ impl NodeAccess {
         Ok(())
     }
 
-    /// The CDI directory on the host, resolved like every guest path (so an absolute
-    /// `/var/run -> /run` link stays under the host root), created if missing.
-    fn cdi_directory(&self) -> Result<PathBuf, WitError> {
+    /// The CDI directory, opened like every node path (so an absolute `/var/run -> /run`
+    /// link stays under the host root) and created if missing; specs are written
+    /// relative to it. The directory is the operator's choice, not the guest's, so it
+    /// may lie anywhere under the host root.
+    fn cdi_directory(&self) -> Result<NodeFile, WitError> {
         let dir = self.cdi_dir.display().to_string();
-        let resolver = Resolver::new(self.resolver().host_root(), vec![self.cdi_dir.clone()]);
-        match resolver.resolve(&dir) {
-            Ok(resolved) => Ok(resolved.host),
+        let resolver = self.resolver().with_grant(vec![PathBuf::from("/")]);
+        match resolver.open(&dir) {
+            Ok(opened) => Ok(opened),
             Err(ResolveError::NotFound { .. }) => {
-                let relative = self.cdi_dir.strip_prefix("/").unwrap_or(&self.cdi_dir);
-                std::fs::create_dir_all(self.resolver().host_root().join(relative))
-                    .map_err(|e| WitError::Io(format!("cannot create {dir}: {e}")))?;
-                resolver
-                    .resolve(&dir)
-                    .map(|r| r.host)
-                    .map_err(WitError::from)
+                resolver.create_dir_all(&dir).map_err(WitError::from)
             }
             Err(e) => Err(e.into()),
         }
@@ -146,28 +146,33 @@ fn file_name(kind: &str) -> String {
 }
 
 /// Write to a temporary file in the same directory, then rename: the container runtime
-/// never reads half a spec.
-fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = file.parent().unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, file)
+/// never reads half a spec. Both are names in `dir` (never followed through a link).
+fn write_atomically(dir: &NodeFile, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let (tmp, mut file) = tempfile_in(dir)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let renamed = written.and_then(|()| {
+        rustix::fs::renameat(dir, tmp.as_str(), dir, name).map_err(std::io::Error::from)
+    });
+    if renamed.is_err() {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    }
+    renamed
 }
 
-fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+fn tempfile_in(dir: &NodeFile) -> std::io::Result<(String, std::fs::File)> {
     for attempt in 0..16u32 {
-        let path = dir.join(format!(".wdp-{}-{attempt}.tmp", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&path);
+        let name = format!(".wdp-{}-{attempt}.tmp", std::process::id());
+        match rustix::fs::openat(
+            dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => return Ok((name, std::fs::File::from(fd))),
+            Err(Errno::EXIST) => {
+                let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(std::io::Error::other("no free temporary file name"))
