@@ -43,17 +43,19 @@ fn main() {
     // there; WDP_GUESTS_TARGET_DIR gives a checkout a guests directory of its own.
     let own = std::env::var_os("WDP_GUESTS_TARGET_DIR").map(PathBuf::from);
     let target_dir = own.map(Ok).unwrap_or_else(|| Err(()));
-    let target_dir = target_dir.unwrap_or_else(|()| std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"))
-        .join("guests"));
+    let target_dir = target_dir.unwrap_or_else(|()| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| {
+                if t.is_absolute() {
+                    t
+                } else {
+                    workspace.join(t)
+                }
+            })
+            .unwrap_or_else(|| workspace.join("target"))
+            .join("guests")
+    });
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build

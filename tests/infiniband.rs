@@ -259,13 +259,13 @@ async fn an_hca_that_left_the_pool_since_the_last_rescan_is_refused_by_the_guest
 async fn an_exclusive_pool_keeps_its_hcas_out_of_other_pools() {
     let pools = json!([
         { "resourceName": "rdma/shared", "mode": "shared", "rdmaHcaMax": 4 },
-        { "resourceName": "nvidia.com/roce", "mode": "exclusive",
+        { "resourceName": "rdma/roce", "mode": "exclusive",
           "selectors": { "linkTypes": ["ethernet"] } },
     ]);
     let h = serving(
         with_roce_nic,
         config(pools),
-        &[("rdma/shared", 4), ("nvidia.com/roce", 2)],
+        &[("rdma/shared", 4), ("rdma/roce", 2)],
     )
     .await;
     let (ib, roce): (Vec<&SimNic>, Vec<&SimNic>) = h
@@ -273,7 +273,7 @@ async fn an_exclusive_pool_keeps_its_hcas_out_of_other_pools() {
         .nics()
         .iter()
         .partition(|n| n.link_layer == "InfiniBand");
-    let view = h.kubelet.resource("nvidia.com/roce").expect("view");
+    let view = h.kubelet.resource("rdma/roce").expect("view");
     assert_eq!(ids(&view), addresses(roce.iter().copied()));
     let container = allocate_one(&h, "rdma/shared", &["shared-0"]).await;
     assert_eq!(
@@ -577,7 +577,7 @@ async fn preferred_allocation_packs_within_a_switch_and_a_numa_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_port_devices_on_a_dual_port_roce_device() {
     let pools = json!([
-        { "resourceName": "nvidia.com/roce_port", "mode": "exclusive", "unit": "port",
+        { "resourceName": "rdma/roce_port", "mode": "exclusive", "unit": "port",
           "selectors": { "deviceIDs": ["101d"] } },
         { "resourceName": "nvidia.com/ib", "mode": "exclusive", "unit": "hca",
           "selectors": { "deviceIDs": ["1021"] } },
@@ -588,18 +588,18 @@ async fn per_port_devices_on_a_dual_port_roce_device() {
                 .expect("ConnectX-6 Dx");
         },
         config(pools),
-        &[("nvidia.com/roce_port", 2), ("nvidia.com/ib", 8)],
+        &[("rdma/roce_port", 2), ("nvidia.com/ib", 8)],
     )
     .await;
     let nic = h.node.nic("mlx5_8").expect("roce nic").clone();
     let (p1, p2) = (format!("{}-p1", nic.address), format!("{}-p2", nic.address));
-    let view = h.kubelet.resource("nvidia.com/roce_port").expect("view");
+    let view = h.kubelet.resource("rdma/roce_port").expect("view");
     assert_eq!(ids(&view), [p1.clone(), p2.clone()].into());
     for d in &view.devices {
         assert_eq!(numa_nodes(d), [1], "{d:?}");
     }
 
-    let container = allocate_one(&h, "nvidia.com/roce_port", &[&p2]).await;
+    let container = allocate_one(&h, "rdma/roce_port", &[&p2]).await;
     let expected: BTreeSet<String> = [nic.uverbs_node(), RDMA_CM.to_string()]
         .into_iter()
         .chain(nic.port_nodes(&nic.ports[1]))
@@ -608,23 +608,23 @@ async fn per_port_devices_on_a_dual_port_roce_device() {
     for path in nic.port_nodes(&nic.ports[0]) {
         assert!(!expected.contains(&path), "port 1's {path} leaked");
     }
-    let info = info(&container, "PCIDEVICE_NVIDIA_COM_ROCE_PORT");
+    let info = info(&container, "PCIDEVICE_RDMA_ROCE_PORT");
     let about = &info[&nic.address];
     assert_eq!(about["rdma"]["ports"], "2");
     assert_eq!(about["rdma"]["link_layer"], "Ethernet");
     assert_eq!(about["net"]["interfaces"], "enp193s0f0np0,enp193s0f1np1");
 
-    let both = allocate_one(&h, "nvidia.com/roce_port", &[&p1, &p2]).await;
+    let both = allocate_one(&h, "rdma/roce_port", &[&p1, &p2]).await;
     assert_eq!(device_paths(&both), expected_paths(&[&nic]));
 
     h.node
         .set_link(&nic.ib_device, 2, false)
         .expect("port 2 down");
-    let view = wait_until(&h, "nvidia.com/roce_port", |v| v.allocatable() == 1).await;
+    let view = wait_until(&h, "rdma/roce_port", |v| v.allocatable() == 1).await;
     assert_eq!(health(&view, &p1), Some(pb::HEALTHY));
     assert_eq!(health(&view, &p2), Some(pb::UNHEALTHY));
     h.node.set_link(&nic.ib_device, 2, true).expect("port 2 up");
-    wait_until(&h, "nvidia.com/roce_port", |v| v.allocatable() == 2).await;
+    wait_until(&h, "rdma/roce_port", |v| v.allocatable() == 2).await;
 }
 
 // ---- Fixtures -------------------------------------------------------------------------
@@ -633,20 +633,20 @@ async fn per_port_devices_on_a_dual_port_roce_device() {
 /// devices, with its RoCE net interfaces, its NUMA node, and Ethernet link layer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roce_hcas_are_discovered_with_their_net_interfaces() {
-    let pools = json!([{ "resourceName": "nvidia.com/roce", "mode": "exclusive",
+    let pools = json!([{ "resourceName": "rdma/roce", "mode": "exclusive",
                          "selectors": { "linkTypes": ["ethernet"] } }]);
-    let h = serving(with_roce_nic, config(pools), &[("nvidia.com/roce", 2)]).await;
+    let h = serving(with_roce_nic, config(pools), &[("rdma/roce", 2)]).await;
     let roce: Vec<SimNic> = h.node.nics()[8..].to_vec();
-    let view = h.kubelet.resource("nvidia.com/roce").expect("view");
+    let view = h.kubelet.resource("rdma/roce").expect("view");
     assert_eq!(ids(&view), addresses(&roce));
     for nic in &roce {
         assert_eq!(
             numa_nodes(device(&view, &nic.address).expect("listed")),
             [0]
         );
-        let container = allocate_one(&h, "nvidia.com/roce", &[&nic.address]).await;
+        let container = allocate_one(&h, "rdma/roce", &[&nic.address]).await;
         assert_eq!(device_paths(&container), expected_paths(&[nic]));
-        let info = info(&container, "PCIDEVICE_NVIDIA_COM_ROCE");
+        let info = info(&container, "PCIDEVICE_RDMA_ROCE");
         let about = &info[&nic.address];
         assert_eq!(about["rdma"]["rdma_dev"], nic.ib_device.as_str());
         assert_eq!(about["rdma"]["link_layer"], "Ethernet");
@@ -816,7 +816,7 @@ async fn cdi_names_resolve_in_the_spec_written_before_the_answer() {
     let names: Vec<&str> = answer.cdi_devices.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, [format!("nvidia.com/rdma={}", nic.address)]);
 
-    let spec_path = h.node.path("/var/run/cdi/nvidia.com-rdma.json");
+    let spec_path = h.node.path("/var/run/cdi/nvidia.com+rdma.json");
     let spec: Value =
         serde_json::from_str(&std::fs::read_to_string(&spec_path).expect("spec written"))
             .expect("the spec is JSON");

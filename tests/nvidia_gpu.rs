@@ -467,7 +467,7 @@ async fn cdi_strategy_writes_the_spec_before_answering_with_qualified_names() {
     .await;
     let spec_path = h
         .node
-        .path("/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json");
+        .path("/var/run/cdi/k8s.device-plugin.nvidia.com+gpu.json");
     assert!(!spec_path.exists(), "no spec before the first allocation");
     let (a, d) = (nv::uuid(&h, "0000:1a:00.0"), nv::uuid(&h, "0000:88:00.0"));
     let answer = nv::allocate(&h, GPU, &[&[&d, &a], &[&a]])
@@ -528,10 +528,11 @@ async fn cdi_spec_of_an_ungranted_kind_is_refused() {
         .await
         .expect_err("kind not granted");
     assert!(
-        status.message().contains("nvidia.com/gpu") && status.message().contains("may not"),
+        status.message().contains("nvidia.com/gpu")
+            && status.message().contains("not among the policy's cdiKinds"),
         "{status:?}"
     );
-    assert!(!h.node.path("/var/run/cdi/nvidia.com-gpu.json").exists());
+    assert!(!h.node.path("/var/run/cdi/nvidia.com+gpu.json").exists());
 }
 
 /// The documented example configuration loads: per-GPU replica counts, a rename and `.shared`, next to the whole GPUs.

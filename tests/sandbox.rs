@@ -205,8 +205,11 @@ async fn path_escapes_are_denied() {
     std::fs::create_dir_all(root.join("sys/class/escape")).unwrap();
     std::os::unix::fs::symlink("/etc", root.join("sys/class/escape/abs")).unwrap();
     std::os::unix::fs::symlink("../../../etc", root.join("sys/class/escape/rel")).unwrap();
-    let strict =
-        r#"{"read": ["/sys/class"], "devices": ["/dev/**"], "resourcePrefixes": ["example.com/"]}"#;
+    let strict = |name: &str| {
+        json!({ "read": ["/sys/class"], "devices": ["/dev/**"],
+                "resourcePrefixes": [format!("example.com/{name}")] })
+        .to_string()
+    };
     for (name, probe) in [
         ("dotdot", "/sys/class/../../etc/shadow"),
         ("absolute", "/etc/shadow"),
@@ -223,7 +226,7 @@ async fn path_escapes_are_denied() {
             name,
             testkit::guests::CONFORMANCE_WASM,
             Some(&config.to_string()),
-            Some(strict),
+            Some(&strict(name)),
         );
     }
     h.start_host().await;
@@ -250,7 +253,7 @@ async fn grants_bound_devices_and_resource_names() {
     let mut h = with_bystander().await;
     h.node.add_dev_node("/dev/sda").unwrap();
     add_widgets(&h.node, "grabby", &widgets(1));
-    let policy = r#"{"read": ["/sys/class"], "devices": ["/dev/grabby/*"], "resourcePrefixes": ["example.com/"]}"#;
+    let policy = r#"{"read": ["/sys/class"], "devices": ["/dev/grabby/*"], "env": ["*_IDS"], "resourcePrefixes": ["example.com/grabby"]}"#;
     let config = json!({
         "resources": [
             { "name": "example.com/grabby", "class": "grabby" },
@@ -491,12 +494,13 @@ async fn only_signed_guests_load_when_keys_are_trusted() {
     };
     h.add_guest("signed", wasm, None);
     sign("signed", &secret, wasm);
-    h.add_guest("unsigned", wasm, None);
-    h.add_guest("tampered", wasm, None);
+    // The refused ones' policies claim no names, so they contest none of the signed one's.
+    h.add_guest_with_policy("unsigned", wasm, None, Some("{}"));
+    h.add_guest_with_policy("tampered", wasm, None, Some("{}"));
     let mut other = wasm.to_vec();
     other.extend_from_slice(b"\0");
     sign("tampered", &secret, &other);
-    h.add_guest("foreign", wasm, None);
+    h.add_guest_with_policy("foreign", wasm, None, Some("{}"));
     sign("foreign", &stranger, wasm);
     let mut config = h.config();
     config.trusted_keys = Some(keys);

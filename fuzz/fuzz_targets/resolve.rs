@@ -1,8 +1,9 @@
-//! Fuzzes the resolver every guest path goes through (`host/src/hostfns/resolver.rs`,
-//! compiled in directly so this target does not build wasmtime): whatever path a guest
-//! names, a resolved path lies inside the grant and under the host root, and opening it
-//! cannot follow a link anywhere else. The tree holds links that point up, out, absolute,
-//! relative, into loops and back into the grant.
+//! Fuzzes the resolver every guest path goes through (`host/src/hostfns/resolver.rs` and
+//! the `node_file.rs` it opens nodes as, compiled in directly so this target does not
+//! build wasmtime): whatever path a guest names, a resolved path lies inside the grant and
+//! under the host root, opening it cannot follow a link anywhere else, and the kernel's
+//! `openat2` and the fallback walk agree. The tree holds links that point up, out,
+//! absolute, relative, into loops and back into the grant.
 //!
 //! `cargo +nightly fuzz run resolve` (CI runs it for a short while: .ci/fuzz.sh).
 
@@ -17,10 +18,16 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod resolver;
 
+#[path = "../../host/src/hostfns/node_file.rs"]
+#[allow(dead_code)]
+mod node_file;
+
 struct Tree {
     _dir: tempfile::TempDir,
     root: PathBuf,
     resolver: resolver::Resolver,
+    /// The same, as a kernel without `openat2` runs it.
+    walk: resolver::Resolver,
 }
 
 fn tree() -> &'static Tree {
@@ -52,7 +59,8 @@ fn tree() -> &'static Tree {
             std::os::unix::fs::symlink(target, root.join(link)).expect("link");
         }
         let resolver = resolver::Resolver::new(&root, vec![PathBuf::from("/sys/granted")]);
-        Tree { _dir: dir, root, resolver }
+        let walk = resolver.clone().force_fallback();
+        Tree { _dir: dir, root, resolver, walk }
     })
 }
 
@@ -62,10 +70,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let tree = tree();
     let granted_host = tree.root.join("sys/granted");
-    for resolved in [tree.resolver.resolve(path), tree.resolver.resolve_nofollow(path)]
-        .into_iter()
-        .flatten()
-    {
+    let kernel = [tree.resolver.resolve(path), tree.resolver.resolve_nofollow(path)];
+    let walked = [tree.walk.resolve(path), tree.walk.resolve_nofollow(path)];
+    for (kernel, walked) in kernel.iter().zip(&walked) {
+        match (kernel, walked) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{path:?}"),
+            (Err(a), Err(b)) => assert_eq!(
+                std::mem::discriminant(a),
+                std::mem::discriminant(b),
+                "{path:?}: openat2 {a} / walk {b}"
+            ),
+            _ => panic!("{path:?}: openat2 {kernel:?} / walk {walked:?}"),
+        }
+    }
+    for resolved in kernel.into_iter().chain(walked).flatten() {
         assert!(resolved.node.starts_with("/sys/granted"), "{path:?} -> {resolved:?}");
         assert!(resolved.host.starts_with(&granted_host), "{path:?} -> {resolved:?}");
     }

@@ -93,12 +93,16 @@ impl Harness {
         }
     }
 
-    /// The conformance guest as `<name>.wasm` with a JSON configuration.
+    /// The conformance guest as `<name>.wasm` with a JSON configuration, and a policy
+    /// like [`TEST_POLICY`] that grants exactly the resource names it advertises (and
+    /// the CDI kinds of the classes it writes specs for), so that several conformance
+    /// guests on one node never claim the same names (see `node::ownership`).
     pub fn add_conformance(&self, name: &str, config: serde_json::Value) {
-        self.add_guest(
+        self.add_guest_with_policy(
             name,
             testkit::guests::CONFORMANCE_WASM,
             Some(&config.to_string()),
+            Some(&conformance_policy(&config).to_string()),
         );
     }
 
@@ -162,6 +166,33 @@ pub const TEST_POLICY: &str = r#"{
     "resourcePrefixes": ["example.com/"],
     "cdiKinds": ["example.com/widget"]
 }"#;
+
+/// [`TEST_POLICY`] narrowed to what a conformance configuration advertises and writes.
+pub fn conformance_policy(config: &serde_json::Value) -> serde_json::Value {
+    let resources = config["resources"].as_array().cloned().unwrap_or_else(|| {
+        vec![serde_json::json!({ "name": "example.com/widget", "class": "widget" })]
+    });
+    // Names a policy could not hold (no domain) are left for the host to refuse as names.
+    let names: Vec<&str> = resources
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .filter(|n| n.contains('/') && !n.starts_with('/'))
+        .collect();
+    let kinds: Vec<String> = resources
+        .iter()
+        .filter(|r| r["writeCdiSpec"] == true)
+        .filter_map(|r| r["class"].as_str())
+        .map(|class| format!("example.com/{class}"))
+        .collect();
+    serde_json::json!({
+        "read": ["/sys", "/proc", "/dev"],
+        "devices": ["/dev/**"],
+        "env": ["*_IDS"],
+        "annotations": ["example.com/*"],
+        "resourcePrefixes": names,
+        "cdiKinds": kinds,
+    })
+}
 
 /// Widgets `w0..wN` on NUMA nodes alternating 0 and 1.
 pub fn widgets(n: usize) -> Vec<(String, Option<u32>)> {

@@ -6,12 +6,12 @@
 //! links followed as the kernel does, see [`Resolver`]) and the *resolved* path is held
 //! to the grant: `/dev/infiniband/uverbs9 -> ../nvidia0` is the GPU, not an HCA.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::{DeviceNodes, NodeRoot, Refused};
 use crate::grant::{Grant, MountGrant, NodeKind, glob, literal_prefix};
 use crate::guest_text;
+use crate::hostfns::node_file::FileKind as Found;
 use crate::hostfns::resolver::{ResolveError, Resolver};
 
 /// Longest path (Linux `PATH_MAX`).
@@ -89,38 +89,39 @@ pub enum Unresolved {
 /// Resolves `path` under the host root, following every link, and says what it is.
 pub fn resolve(root: &NodeRoot, path: &str) -> Result<NodeFile, Unresolved> {
     let resolver = Resolver::new(&root.host_root, vec![PathBuf::from("/")]);
-    let resolved = resolver.resolve(path).map_err(|e| match e {
+    // Opened O_PATH in one step with its resolution, then looked at through the fd:
+    // what is judged is what the path led to, and no driver sees an `open`.
+    let opened = resolver.open(path).map_err(|e| match e {
         ResolveError::NotFound { .. } => Unresolved::NotFound,
         ResolveError::Loop { .. } => Unresolved::Other("too many levels of symbolic links".into()),
         other => Unresolved::Other(guest_text::clean(&other.to_string())),
     })?;
-    let meta = std::fs::symlink_metadata(&resolved.host)
-        .map_err(|e| Unresolved::Other(format!("cannot stat it on the node: {e}")))?;
-    let file_type = meta.file_type();
-    let kind = if file_type.is_char_device() {
-        FileKind::Device {
+    let stat = opened
+        .stat()
+        .map_err(|e| Unresolved::Other(format!("cannot stat it on the node: {}", e.reason())))?;
+    let numbers = Some((
+        rustix::fs::major(stat.st_rdev),
+        rustix::fs::minor(stat.st_rdev),
+    ));
+    let kind = match Found::of(&stat) {
+        Found::CharDevice => FileKind::Device {
             kind: NodeKind::Char,
-            numbers: Some(split_dev(meta.rdev())),
-        }
-    } else if file_type.is_block_device() {
-        FileKind::Device {
+            numbers,
+        },
+        Found::BlockDevice => FileKind::Device {
             kind: NodeKind::Block,
-            numbers: Some(split_dev(meta.rdev())),
-        }
-    } else if file_type.is_file() && root.device_nodes == DeviceNodes::Simulated {
-        FileKind::Device {
+            numbers,
+        },
+        Found::Regular if root.device_nodes == DeviceNodes::Simulated => FileKind::Device {
             kind: NodeKind::Char,
             numbers: None,
-        }
-    } else if file_type.is_file() {
-        FileKind::Regular
-    } else if file_type.is_dir() {
-        FileKind::Directory
-    } else {
-        FileKind::Other
+        },
+        Found::Regular => FileKind::Regular,
+        Found::Directory => FileKind::Directory,
+        _ => FileKind::Other,
     };
     Ok(NodeFile {
-        node: resolved.node.display().to_string(),
+        node: opened.node().display().to_string(),
         kind,
     })
 }
@@ -262,13 +263,6 @@ fn is_permission_set(p: &str) -> bool {
         && p.len() <= 3
         && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
         && p.chars().enumerate().all(|(i, c)| !p[..i].contains(c))
-}
-
-/// Major and minor numbers of a `st_rdev` (glibc's `gnu_dev_major`/`gnu_dev_minor`).
-pub fn split_dev(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
-    (major as u32, minor as u32)
 }
 
 #[cfg(test)]
@@ -495,12 +489,5 @@ mod tests {
         ] {
             assert!(check_container_pattern(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn device_numbers() {
-        assert_eq!(split_dev(0x0103), (1, 3));
-        assert_eq!(split_dev((195 << 8) | 255), (195, 255));
-        assert_eq!(split_dev((231u64 << 8) | (0x100u64 << 12)), (231, 0x100));
     }
 }

@@ -13,14 +13,19 @@
 //! specs. A guest writes or removes only kinds its policy grants, and the node refuses a
 //! kind that two policies grant (see `node::ownership`), so it touches only its own.
 
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use container_device_interface::spec::new_spec;
 use container_device_interface::specs::config::Spec as CdiSpec;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 use super::NodeAccess;
-use super::resolver::{ResolveError, Resolver};
+use super::node_file::NodeFile;
+use super::resolver::ResolveError;
 use crate::guest_text;
 use crate::handout::{Refused, cdi_spec};
 use crate::wit::latest::cdi::Host;
@@ -53,7 +58,8 @@ impl Host for NodeAccess {
         let raw: CdiSpec = serde_json::from_str(&checked.json)
             .map_err(|e| WitError::InvalidArgument(format!("not a CDI spec: {e}")))?;
         let dir = self.cdi_directory()?;
-        let file = dir.join(file_name(&kind));
+        let name = file_name(&kind);
+        let file = dir.host().join(&name);
         let mut parsed = new_spec(&raw, &file, 0).map_err(|e| {
             WitError::InvalidArgument(format!(
                 "invalid CDI spec: {}",
@@ -66,7 +72,7 @@ impl Host for NodeAccess {
                 guest_text::clean(&format!("{e:#}"))
             ))
         })?;
-        write_atomically(&file, checked.json.as_bytes())
+        write_atomically(&dir, &name, checked.json.as_bytes())
             .map_err(|e| WitError::Io(format!("cannot write {}: {e}", file.display())))?;
         self.cdi_ledger().record(&kind, devices.keys().cloned());
         tracing::info!(
@@ -90,13 +96,13 @@ impl Host for NodeAccess {
             )));
         }
         self.cdi_ledger().forget(&kind);
-        let file = self.cdi_directory()?.join(file_name(&kind));
-        match std::fs::remove_file(&file) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        let dir = self.cdi_directory()?;
+        let name = file_name(&kind);
+        match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(WitError::Io(format!(
                 "cannot remove {}: {e}",
-                file.display()
+                dir.host().join(&name).display()
             ))),
         }
     }
@@ -109,21 +115,17 @@ impl From<Refused> for WitError {
 }
 
 impl NodeAccess {
-    /// The CDI directory on the host, resolved like every guest path (so an absolute
-    /// `/var/run -> /run` link stays under the host root), created if missing.
-    fn cdi_directory(&self) -> Result<PathBuf, WitError> {
+    /// The CDI directory, opened like every node path (so an absolute `/var/run -> /run`
+    /// link stays under the host root) and created if missing; specs are written
+    /// relative to it. The directory is the operator's choice, not the guest's, so it
+    /// may lie anywhere under the host root.
+    fn cdi_directory(&self) -> Result<NodeFile, WitError> {
         let dir = self.cdi_dir.display().to_string();
-        let resolver = Resolver::new(self.resolver().host_root(), vec![self.cdi_dir.clone()]);
-        match resolver.resolve(&dir) {
-            Ok(resolved) => Ok(resolved.host),
+        let resolver = self.resolver().with_grant(vec![PathBuf::from("/")]);
+        match resolver.open(&dir) {
+            Ok(opened) => Ok(opened),
             Err(ResolveError::NotFound { .. }) => {
-                let relative = self.cdi_dir.strip_prefix("/").unwrap_or(&self.cdi_dir);
-                std::fs::create_dir_all(self.resolver().host_root().join(relative))
-                    .map_err(|e| WitError::Io(format!("cannot create {dir}: {e}")))?;
-                resolver
-                    .resolve(&dir)
-                    .map(|r| r.host)
-                    .map_err(WitError::from)
+                resolver.create_dir_all(&dir).map_err(WitError::from)
             }
             Err(e) => Err(e.into()),
         }
@@ -136,22 +138,42 @@ pub fn file_name(kind: &str) -> String {
     format!("{}.json", kind.replacen('/', "+", 1))
 }
 
-/// Writes through a temporary file of a fresh random name in the same directory, then
-/// renames it into place: the runtime never reads half a spec, and two writers never
-/// touch each other's temporary files.
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".wdp-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
+/// Writes through a temporary file of a fresh random name in `dir`, then renames it
+/// into place: the runtime never reads half a spec, and two writers never touch each
+/// other's temporary files (a name that exists is never reused or removed). Both are
+/// names in `dir`, never followed through a link.
+fn write_atomically(dir: &NodeFile, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let (tmp, mut file) = temporary_in(dir)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let renamed = written.and_then(|()| {
+        rustix::fs::renameat(dir, tmp.as_str(), dir, name).map_err(std::io::Error::from)
+    });
+    if renamed.is_err() {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    }
+    renamed
+}
+
+/// A new file `.wdp-<random>.tmp` in `dir`, created exclusively.
+fn temporary_in(dir: &NodeFile) -> std::io::Result<(String, std::fs::File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..16 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u32(std::process::id());
+        let name = format!(".wdp-{:016x}.tmp", hasher.finish());
+        match rustix::fs::openat(
+            dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => return Ok((name, std::fs::File::from(fd))),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other("no free temporary file name"))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `devfs` interface: look up device nodes under `/dev`.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
 use super::NodeAccess;
+use super::node_file::FileKind;
+use crate::handout::DeviceNodes;
 use crate::wit::latest::devfs::Host;
 use crate::wit::latest::types::{DevNode, Error as WitError, NodeKind};
 
@@ -13,43 +13,36 @@ impl Host for NodeAccess {
                 "{path} is not under /dev; devfs looks up device nodes only"
             )));
         }
-        let resolved = match self.resolver().resolve(&path) {
-            Ok(resolved) => resolved,
+        // Opened O_PATH: the device's driver never sees an `open`.
+        let node = match self.resolver().open(&path) {
+            Ok(node) => node,
             Err(super::resolver::ResolveError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let meta = std::fs::metadata(&resolved.host)
-            .map_err(|e| WitError::Io(format!("cannot stat {path}: {e}")))?;
-        let file_type = meta.file_type();
-        let (kind, rdev) = if file_type.is_char_device() {
-            (NodeKind::Char, meta.rdev())
-        } else if file_type.is_block_device() {
-            (NodeKind::Block, meta.rdev())
-        } else if file_type.is_file() {
-            // Fixture trees stand a plain file in for a node (creating real nodes needs root).
-            (NodeKind::Char, 0)
-        } else {
-            return Err(WitError::InvalidArgument(format!(
-                "{path} is not a device node"
-            )));
+        let stat = node
+            .stat()
+            .map_err(|e| WitError::Io(format!("cannot stat {path}: {}", e.reason())))?;
+        let (kind, rdev) = match FileKind::of(&stat) {
+            FileKind::CharDevice => (NodeKind::Char, stat.st_rdev),
+            FileKind::BlockDevice => (NodeKind::Block, stat.st_rdev),
+            // Fixture trees stand a plain file in for a node (creating real nodes needs
+            // root); on a real node a plain file is no device node.
+            FileKind::Regular if self.node_root().device_nodes == DeviceNodes::Simulated => {
+                (NodeKind::Char, 0)
+            }
+            found => {
+                return Err(WitError::InvalidArgument(format!(
+                    "{path} is {found}, not a device node"
+                )));
+            }
         };
         Ok(Some(DevNode {
-            path: resolved.node.display().to_string(),
+            path: node.node().display().to_string(),
             kind,
-            major: major(rdev),
-            minor: minor(rdev),
+            major: rustix::fs::major(rdev),
+            minor: rustix::fs::minor(rdev),
         }))
     }
-}
-
-/// glibc's `gnu_dev_major`.
-fn major(dev: u64) -> u32 {
-    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
-}
-
-/// glibc's `gnu_dev_minor`.
-fn minor(dev: u64) -> u32 {
-    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
 }
 
 #[cfg(test)]
@@ -61,11 +54,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dev")).unwrap();
         std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
-        let mut fixture = crate::hostfns::testing::reader(dir.path());
+        let mut fixture =
+            crate::hostfns::testing::reader(dir.path()).with_device_nodes(DeviceNodes::Simulated);
         let node = fixture.lookup("/dev/nvidia0".into()).unwrap().unwrap();
         assert_eq!(
             (node.path.as_str(), node.kind, node.major, node.minor),
             ("/dev/nvidia0", NodeKind::Char, 0, 0)
+        );
+        let mut strict = crate::hostfns::testing::reader(dir.path());
+        assert!(
+            matches!(
+                strict.lookup("/dev/nvidia0".into()),
+                Err(WitError::InvalidArgument(_))
+            ),
+            "on a real node a plain file is no device node"
         );
         assert!(fixture.lookup("/dev/nvidia9".into()).unwrap().is_none());
         assert!(matches!(
@@ -79,14 +81,37 @@ mod tests {
         assert_eq!((null.kind, null.major, null.minor), (NodeKind::Char, 1, 3));
     }
 
+    /// The kernel's encoding of device numbers (glibc's `makedev`), decoded by rustix
+    /// the same way on every architecture.
     #[test]
     fn major_minor_match_glibc() {
-        // makedev(195, 255) as glibc encodes it.
         let dev: u64 = ((195u64 & 0xfff) << 8) | (255u64 & 0xff);
-        assert_eq!((major(dev), minor(dev)), (195, 255));
-        // glibc's makedev for numbers above the old 8/12-bit ranges.
+        assert_eq!((rustix::fs::major(dev), rustix::fs::minor(dev)), (195, 255));
         let (ma, mi) = (5000u64, 70000u64);
         let big = ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12);
-        assert_eq!((major(big), minor(big)), (5000, 70000));
+        assert_eq!(
+            (rustix::fs::major(big), rustix::fs::minor(big)),
+            (5000, 70000)
+        );
+    }
+
+    #[test]
+    fn fifos_are_not_device_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("dev/fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let mut fixture = crate::hostfns::testing::reader(dir.path());
+        let got = fixture.lookup("/dev/fifo".into());
+        assert!(
+            matches!(&got, Err(WitError::InvalidArgument(m)) if m.contains("a FIFO")),
+            "{got:?}"
+        );
     }
 }

@@ -6,10 +6,13 @@
 //! sequence number handed out) survives instance rebuilds, so an XID is reported once.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use rustix::io::Errno;
+
 use super::NodeAccess;
+use super::node_file::{Access, FileKind};
 use crate::wit::latest::kmsg::Host;
 use crate::wit::latest::types::Error as WitError;
 
@@ -21,7 +24,7 @@ pub const MAX_LINES: usize = 256;
 pub const MAX_LINE_BYTES: usize = 1024;
 /// The most bytes read per call (the kernel's buffer is typically 256 KiB – 1 MiB).
 const MAX_READ_BYTES: usize = 4 << 20;
-const KMSG: &str = "dev/kmsg";
+const KMSG: &str = "/dev/kmsg";
 
 impl Host for NodeAccess {
     fn read_new(&mut self, filter: String) -> Result<Vec<String>, WitError> {
@@ -31,9 +34,7 @@ impl Host for NodeAccess {
                 self.guest()
             )));
         }
-        let path = self.resolver().host_root().join(KMSG);
-        let text =
-            read_records(&path).map_err(|e| WitError::Io(format!("cannot read /dev/kmsg: {e}")))?;
+        let text = self.read_kmsg()?;
         let seen = self.kmsg_seen.load(Ordering::Relaxed);
         let mut newest = seen;
         let mut lines = Vec::new();
@@ -56,13 +57,29 @@ impl Host for NodeAccess {
     }
 }
 
-/// Reads everything available without blocking: record by record from `/dev/kmsg`
-/// (which ends with `EAGAIN`), or the whole of a plain file.
-fn read_records(path: &std::path::Path) -> std::io::Result<String> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_nonblock())
-        .open(path)?;
+impl NodeAccess {
+    /// `/dev/kmsg` under the host root, opened like every node path (a link there stays
+    /// under the host root) and read without blocking.
+    fn read_kmsg(&self) -> Result<String, WitError> {
+        let cannot = |reason: String| WitError::Io(format!("cannot read {KMSG}: {reason}"));
+        let kmsg = self
+            .resolver()
+            .with_grant(vec![PathBuf::from(KMSG)])
+            .open(KMSG)
+            .map_err(|e| cannot(e.to_string()))?;
+        match kmsg.kind().map_err(|e| cannot(e.reason()))? {
+            // A plain file in fixture trees.
+            FileKind::CharDevice | FileKind::Regular => {}
+            found => return Err(cannot(format!("it is {found}"))),
+        }
+        let file = kmsg.reopen(Access::Read).map_err(|e| cannot(e.reason()))?;
+        read_records(file).map_err(|e| cannot(e.to_string()))
+    }
+}
+
+/// Reads everything available without blocking (the file is non-blocking): record by
+/// record from `/dev/kmsg` (which ends with `EAGAIN`), or the whole of a plain file.
+fn read_records(mut file: std::fs::File) -> std::io::Result<String> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 8192];
     while out.len() < MAX_READ_BYTES {
@@ -72,17 +89,12 @@ fn read_records(path: &std::path::Path) -> std::io::Result<String> {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             // EPIPE: the record we were about to read was overwritten; the next read
             // continues with the oldest one still there.
-            Err(e) if e.raw_os_error() == Some(32) => continue,
+            Err(e) if e.raw_os_error() == Some(Errno::PIPE.raw_os_error()) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// `O_NONBLOCK` on Linux.
-const fn libc_nonblock() -> i32 {
-    0o4000
 }
 
 /// `prio,seq,usec,flags[,...];message` → (seq, message). Continuation lines (` KEY=v`)

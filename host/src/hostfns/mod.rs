@@ -2,7 +2,8 @@
 //!
 //! One module per WIT interface (`sysfs`, `pci`, `devfs`, `log`), each implementing that
 //! interface's `Host` trait on [`NodeAccess`], the per-guest capability object. Every path
-//! goes through [`resolver::Resolver`], which applies the host root and the guest's grant.
+//! goes through [`resolver::Resolver`], which applies the host root and the guest's grant
+//! and opens the node in the same step ([`node_file::NodeFile`]).
 //! Nothing here traps: failures are WIT `error` values with a message for the operator.
 //! These modules know the WIT types but not wasmtime's runtime, so each is testable as
 //! plain Rust (call the trait methods directly).
@@ -11,6 +12,7 @@ pub mod cdi;
 pub mod devfs;
 pub mod kmsg;
 pub mod log;
+pub mod node_file;
 pub mod pci;
 pub mod resolver;
 pub mod sysfs;
@@ -96,7 +98,9 @@ impl From<ResolveError> for WitError {
             ResolveError::NotAbsolute { .. } | ResolveError::Malformed { .. } => {
                 WitError::InvalidArgument(message)
             }
-            ResolveError::Denied { .. } => WitError::Denied(message),
+            ResolveError::Denied { .. } | ResolveError::MagicLink { .. } => {
+                WitError::Denied(message)
+            }
             ResolveError::NotFound { .. } => WitError::NotFound(message),
             ResolveError::Loop { .. } | ResolveError::Io { .. } => WitError::Io(message),
         }
@@ -117,5 +121,11 @@ pub(crate) mod testing {
             ..Grant::none()
         };
         NodeAccess::new("t", root, Arc::new(grant), "/var/run/cdi")
+    }
+
+    /// `access` as it runs where the kernel lacks `openat2`.
+    pub fn fallback(mut access: NodeAccess) -> NodeAccess {
+        access.resolver = access.resolver.force_fallback();
+        access
     }
 }

@@ -4,9 +4,9 @@
 //! kernel's formats (`0x%04x` IDs, `0x%06x` class, `-1` for no NUMA affinity, links for
 //! driver, IOMMU group and SR-IOV parent) instead of each vendor re-implementing it.
 
-use std::path::Path;
-
 use super::NodeAccess;
+use super::node_file::NodeFile;
+use super::sysfs::MAX_FILE_BYTES;
 use crate::wit::latest::pci::Host;
 use crate::wit::latest::types::{Error as WitError, PciDevice};
 
@@ -14,12 +14,13 @@ const PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 impl Host for NodeAccess {
     fn list_devices(&mut self) -> Result<Vec<PciDevice>, WitError> {
-        let listing = self.resolver().resolve(PCI_DEVICES)?;
-        let entries = std::fs::read_dir(&listing.host)
-            .map_err(|e| WitError::Io(format!("cannot list {PCI_DEVICES}: {e}")))?;
+        let listing = self.resolver().open(PCI_DEVICES)?;
+        let entries = listing
+            .entries()
+            .map_err(|e| WitError::Io(format!("cannot list {PCI_DEVICES}: {}", e.reason())))?;
         let mut addresses: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| name.into_string().ok())
             .collect();
         addresses.sort();
         let mut devices = Vec::with_capacity(addresses.len());
@@ -39,14 +40,19 @@ impl Host for NodeAccess {
 }
 
 impl NodeAccess {
+    /// One function's attributes, each read relative to its directory as the resolver
+    /// opened it: an attribute is a plain name there, never followed out of it.
     fn read_pci_device(&self, address: &str) -> Result<PciDevice, WitError> {
         let base = format!("{PCI_DEVICES}/{address}");
-        let dir = self.resolver().resolve(&base)?;
+        let dir = self.resolver().open(&base)?;
         let attr = |name: &str| -> Result<String, WitError> {
-            let path = dir.host.join(name);
-            std::fs::read_to_string(&path)
+            let bytes = dir
+                .child(name)
+                .and_then(|file| file.read(MAX_FILE_BYTES))
+                .map_err(|e| WitError::Io(format!("{base}/{name}: {}", e.reason())))?;
+            String::from_utf8(bytes)
                 .map(|s| s.trim().to_owned())
-                .map_err(|e| WitError::Io(format!("{base}/{name}: {e}")))
+                .map_err(|_| WitError::Io(format!("{base}/{name} is not UTF-8 text")))
         };
         let hex = |name: &str| -> Result<u32, WitError> {
             let text = attr(name)?;
@@ -69,18 +75,18 @@ impl NodeAccess {
             subsystem_vendor: narrow("subsystem_vendor").unwrap_or(0),
             subsystem_device: narrow("subsystem_device").unwrap_or(0),
             numa_node,
-            driver: link_name(&dir.host.join("driver")),
-            iommu_group: link_name(&dir.host.join("iommu_group")).and_then(|g| g.parse().ok()),
-            physfn: link_name(&dir.host.join("physfn")),
-            sysfs_path: dir.node.display().to_string(),
+            driver: link_name(&dir, "driver"),
+            iommu_group: link_name(&dir, "iommu_group").and_then(|g| g.parse().ok()),
+            physfn: link_name(&dir, "physfn"),
+            sysfs_path: dir.node().display().to_string(),
         })
     }
 }
 
 /// The last component of a link's target (`../../bus/pci/drivers/nvidia` → `nvidia`);
 /// none when the link is absent, which sysfs uses to say "unbound" or "no IOMMU".
-fn link_name(link: &Path) -> Option<String> {
-    let target = std::fs::read_link(link).ok()?;
+fn link_name(dir: &NodeFile, link: &str) -> Option<String> {
+    let target = dir.child_link(link).ok()?;
     target.file_name()?.to_str().map(str::to_owned)
 }
 
