@@ -14,7 +14,8 @@ use wasm_device_plugin::kubelet::RegistrationMode;
 
 const WIDGET: &str = "example.com/widget";
 
-/// Waits for the plug-in sockets in `dir` to be exactly one, other than `not`.
+/// Waits for the plug-in sockets in `dir` to be exactly one, other than `not` (hidden
+/// names skipped, as the kubelet's plugin watcher skips them).
 async fn one_socket(dir: &Path, not: Option<&Path>) -> PathBuf {
     use std::os::unix::fs::FileTypeExt;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -24,6 +25,8 @@ async fn one_socket(dir: &Path, not: Option<&Path>) -> PathBuf {
             .flatten()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            // As the kubelet's plugin watcher does: hidden names are not plug-ins.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .map(|e| e.path())
             .filter(|p| Some(p.as_path()) != not)
             .collect();

@@ -253,7 +253,7 @@ async fn grants_bound_devices_and_resource_names() {
     let mut h = with_bystander().await;
     h.node.add_dev_node("/dev/sda").unwrap();
     add_widgets(&h.node, "grabby", &widgets(1));
-    let policy = r#"{"read": ["/sys/class"], "devices": ["/dev/grabby/*"], "env": ["*_IDS"], "resourcePrefixes": ["example.com/grabby"]}"#;
+    let policy = r#"{"read": ["/sys/class"], "devices": ["/dev/grabby/*"], "env": ["*_IDS"], "annotations": ["example.com/*"], "resourcePrefixes": ["example.com/grabby"]}"#;
     let config = json!({
         "resources": [
             { "name": "example.com/grabby", "class": "grabby" },

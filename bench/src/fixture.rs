@@ -199,6 +199,8 @@ pub fn host_command(
     c.arg("run")
         .arg("--host-root")
         .arg(fixture.root())
+        // The fixture's device nodes are plain files.
+        .arg("--simulated-node")
         .arg("--guests-dir")
         .arg(&fixture.guests)
         .arg("--device-plugin-dir")

@@ -51,6 +51,8 @@ fn check_shows_what_would_be_advertised() {
     let ok = run(
         &[
             "check",
+            // The fixture's device nodes are plain files.
+            "--simulated-node",
             "--host-root",
             &root.display().to_string(),
             "--guests-dir",
@@ -68,6 +70,8 @@ fn check_shows_what_would_be_advertised() {
     let refused = run(
         &[
             "check",
+            // The fixture's device nodes are plain files.
+            "--simulated-node",
             "--host-root",
             &root.display().to_string(),
             "--guests-dir",

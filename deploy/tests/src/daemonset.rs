@@ -27,6 +27,7 @@ pub const RUN_FLAGS: &[(&str, bool)] = &[
     ("--pod-resources-socket", true),
     ("--release-poll-seconds", true),
     ("--no-release-detection", false),
+    ("--simulated-node", false),
     ("--cdi-dir", true),
     ("--metrics-addr", true),
     ("--log-format", true),

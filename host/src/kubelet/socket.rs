@@ -47,7 +47,7 @@ pub fn unique_name(resource: &str, dir: &Path) -> String {
             }
         })
         .collect();
-    let room = MAX_SOCKET_PATH.saturating_sub(dir.as_os_str().len() + 1 + suffix.len());
+    let room = MAX_SOCKET_PATH.saturating_sub(dir.as_os_str().len() + 2 + suffix.len());
     stem.truncate(room.max(1));
     format!("{stem}{suffix}")
 }
@@ -92,10 +92,14 @@ impl Serving {
         stop: watch::Sender<bool>,
     ) -> io::Result<Serving> {
         let path = dir.join(name);
-        if path.as_os_str().len() > MAX_SOCKET_PATH {
+        // One byte more for the hidden name it is bound under first.
+        if path.as_os_str().len() + 1 > MAX_SOCKET_PATH {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("socket path {} is longer than 107 bytes", path.display()),
+                format!(
+                    "socket path {} is longer than 106 bytes (107, less one for the name it is bound under first)",
+                    path.display()
+                ),
             ));
         }
         match std::fs::remove_file(&path) {
@@ -103,7 +107,21 @@ impl Serving {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let listener = UnixListener::bind(&path)?;
+        // Bound under a hidden name and renamed into place: the socket appears under its
+        // real name only once it listens, so a watcher that dials on sight (the kubelet's
+        // plugin watcher does, and skips names starting with '.') never meets a socket
+        // that refuses the connection.
+        let binding = dir.join(format!(".{name}"));
+        match std::fs::remove_file(&binding) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(&binding)?;
+        if let Err(e) = std::fs::rename(&binding, &path) {
+            let _ = std::fs::remove_file(&binding);
+            return Err(e);
+        }
         let identity = identity(&path);
         let mut stopped = stop.subscribe();
         let task = tokio::spawn(async move {
