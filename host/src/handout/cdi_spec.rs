@@ -256,26 +256,9 @@ fn check_mount(root: &NodeRoot, grant: &Grant, mount: &mut SpecMount) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grant::{DeviceGrant, MountGrant, NodeKind};
     use crate::handout::DeviceNodes;
+    use crate::handout::testing::widget_grant as grant;
     use std::os::unix::fs::symlink;
-
-    fn grant() -> Grant {
-        Grant {
-            devices: vec![DeviceGrant {
-                pattern: "/dev/widget/*".into(),
-                kind: NodeKind::Char,
-            }],
-            mounts: vec![MountGrant {
-                host_root: "/opt/widget".into(),
-                container: "/opt/widget/**".into(),
-                writable: false,
-            }],
-            env: vec!["WIDGET_*".into()],
-            cdi_kinds: vec!["example.com/widget".into()],
-            ..Grant::none()
-        }
-    }
 
     fn node() -> (tempfile::TempDir, NodeRoot) {
         let dir = tempfile::tempdir().unwrap();

@@ -122,3 +122,27 @@ impl Refused {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::grant::{DeviceGrant, Grant, MountGrant, NodeKind};
+
+    /// The grant hand-out tests share: `/dev/widget/*` nodes, `/opt/widget` read-only,
+    /// `WIDGET_*` variables and the `example.com/widget` CDI kind.
+    pub fn widget_grant() -> Grant {
+        Grant {
+            devices: vec![DeviceGrant {
+                pattern: "/dev/widget/*".into(),
+                kind: NodeKind::Char,
+            }],
+            mounts: vec![MountGrant {
+                host_root: "/opt/widget".into(),
+                container: "/opt/widget/**".into(),
+                writable: false,
+            }],
+            env: vec!["WIDGET_*".into()],
+            cdi_kinds: vec!["example.com/widget".into()],
+            ..Grant::none()
+        }
+    }
+}

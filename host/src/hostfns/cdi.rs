@@ -179,24 +179,12 @@ fn temporary_in(dir: &NodeFile) -> std::io::Result<(String, std::fs::File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grant::{DeviceGrant, Grant, MountGrant, NodeKind};
     use crate::handout::DeviceNodes;
     use std::sync::Arc;
 
     fn writer(root: &std::path::Path) -> NodeAccess {
-        let grant = Grant {
-            devices: vec![DeviceGrant {
-                pattern: "/dev/widget/*".into(),
-                kind: NodeKind::Char,
-            }],
-            mounts: vec![MountGrant {
-                host_root: "/opt/widget".into(),
-                container: "/opt/widget/**".into(),
-                writable: false,
-            }],
-            cdi_kinds: vec!["example.com/widget".into(), "a-b/c".into(), "a/b-c".into()],
-            ..Grant::none()
-        };
+        let mut grant = crate::handout::testing::widget_grant();
+        grant.cdi_kinds.extend(["a-b/c".into(), "a/b-c".into()]);
         std::fs::create_dir_all(root.join("dev/widget")).unwrap();
         std::fs::write(root.join("dev/widget/w0"), "").unwrap();
         std::fs::write(root.join("dev/sda"), "").unwrap();
