@@ -13,6 +13,7 @@ use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
 use wasm_device_plugin::handout::DeviceNodes;
 use wasm_device_plugin::kubelet::RegistrationMode;
 use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
+use wasm_device_plugin::runtime::{CompileBudget, Compiler};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Registration {
@@ -45,19 +46,45 @@ pub struct NodeArgs {
     /// device nodes.
     #[arg(long, env = "WDP_SIMULATED_NODE")]
     pub simulated_node: bool,
+    /// Seconds compiling one guest may take (in a child process); a guest that takes
+    /// longer is refused, and not tried again until it changes or the budget grows.
+    #[arg(long, env = "WDP_COMPILE_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub compile_timeout_seconds: f64,
+    /// MiB of address space compiling one guest may use (the child's RLIMIT_AS); a
+    /// guest that needs more is refused, as for the timeout.
+    #[arg(long, env = "WDP_COMPILE_MEMORY_MIB", default_value_t = 2048)]
+    pub compile_memory_mib: u64,
 }
 
+/// Below this the compiler child cannot even map the host binary and start.
+const MIN_COMPILE_MEMORY_MIB: u64 = 256;
+
 impl NodeArgs {
-    /// The host configuration these locations give (other settings at their defaults).
-    pub fn config(&self, device_plugin_dir: &std::path::Path) -> HostConfig {
+    /// The host configuration these locations give (other settings at their defaults),
+    /// compiling guests in children of this executable within the compile budget.
+    pub fn config(&self, device_plugin_dir: &std::path::Path) -> anyhow::Result<HostConfig> {
+        anyhow::ensure!(
+            self.compile_timeout_seconds.is_finite() && self.compile_timeout_seconds >= 0.1,
+            "--compile-timeout-seconds must be at least 0.1"
+        );
+        anyhow::ensure!(
+            (MIN_COMPILE_MEMORY_MIB..=u64::MAX >> 20).contains(&self.compile_memory_mib),
+            "--compile-memory-mib must be at least {MIN_COMPILE_MEMORY_MIB}"
+        );
+        let budget = CompileBudget {
+            timeout: Duration::from_secs_f64(self.compile_timeout_seconds),
+            memory_bytes: self.compile_memory_mib << 20,
+        };
         let mut config = HostConfig::new(&self.host_root, &self.guests_dir, device_plugin_dir);
         config.cache_dir = self.cache_dir.clone();
         config.trusted_keys = self.trusted_keys.clone();
         config.cdi_dir = self.cdi_dir.clone();
+        config.compiler = Compiler::this_executable(budget)
+            .context("cannot find this executable to compile guests with")?;
         if self.simulated_node {
             config.device_nodes = DeviceNodes::Simulated;
         }
-        config
+        Ok(config)
     }
 }
 
@@ -108,7 +135,7 @@ impl RunArgs {
             args.reload_seconds.is_finite() && args.reload_seconds >= 0.1,
             "--reload-seconds must be at least 0.1"
         );
-        let mut config = args.node.config(&args.device_plugin_dir);
+        let mut config = args.node.config(&args.device_plugin_dir)?;
         config.rescan_interval = Duration::from_secs_f64(args.rescan_seconds);
         config.reload_interval = Duration::from_secs_f64(args.reload_seconds);
         config.metrics_addr = match args.metrics_addr.as_str() {

@@ -13,6 +13,7 @@ use testkit::SimNode;
 use testkit::kubelet::KubeletStandIn;
 use wasm_device_plugin::config::HostConfig;
 use wasm_device_plugin::node::Node;
+use wasm_device_plugin::runtime::{CompileBudget, Compiler};
 
 const RESOURCE: &str = "nvidia.com/gpu";
 const WAIT: Duration = Duration::from_secs(20);
@@ -63,6 +64,9 @@ pub async fn run() -> anyhow::Result<()> {
     config.rescan_interval = Duration::from_millis(200);
     // The simulated node's device nodes are plain files (no root needed to build it).
     config.device_nodes = wasm_device_plugin::handout::DeviceNodes::Simulated;
+    // As `run` does: each guest compiled in a child process within the default budget.
+    config.compiler = Compiler::this_executable(CompileBudget::default())
+        .context("cannot find this executable to compile guests with")?;
     let host = Node::start(config).await?;
     for skipped in host.skipped() {
         println!(

@@ -89,38 +89,49 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Internal: compile the component on stdin and write the serialized code to stdout.
+    /// The host runs this as a child process within the compile budget.
+    #[command(name = "compile-guest", hide = true)]
+    CompileGuest,
 }
 
 fn main() -> anyhow::Result<()> {
     config_file::load_as_env_defaults()?;
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // Built only for the commands that need it: the compiler child must not spend its
+    // address-space budget on worker threads.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
     match cli.command {
         Command::Run(args) => {
             init_logging(cli.log_format, "info");
-            runtime.block_on(run(args))
+            runtime()?.block_on(run(args))
         }
         #[cfg(feature = "demo")]
         Command::Demo => {
             init_logging(cli.log_format, "off");
-            runtime.block_on(demo::run())
+            runtime()?.block_on(demo::run())
         }
         Command::Keygen { out } => tools::keygen(&out),
         Command::Sign { key, guest } => tools::sign(&key, &guest),
         Command::Inspect { guest, node } => {
             init_logging(cli.log_format, "warn");
-            runtime.block_on(tools::inspect(&guest, &node))
+            runtime()?.block_on(tools::inspect(&guest, &node))
         }
         Command::Check { node } => {
             init_logging(cli.log_format, "warn");
-            runtime.block_on(tools::check(&node))
+            runtime()?.block_on(tools::check(&node))
         }
         Command::Compile { guests, node } => {
             init_logging(cli.log_format, "warn");
-            runtime.block_on(tools::compile(&guests, &node))
+            runtime()?.block_on(tools::compile(&guests, &node))
+        }
+        Command::CompileGuest => {
+            std::process::exit(i32::from(wasm_device_plugin::runtime::compiler::run_child()))
         }
     }
 }

@@ -49,7 +49,7 @@ pub fn sign(key: &Path, guest: &Path) -> anyhow::Result<()> {
 
 /// `inspect`: what the file is, and what it advertises when its policy is beside it.
 pub async fn inspect(guest: &Path, node: &NodeArgs) -> anyhow::Result<()> {
-    let config = node.config(Path::new("/nonexistent"));
+    let config = node.config(Path::new("/nonexistent"))?;
     let runtime = wasm_device_plugin::node::runtime(&config)?;
     let info = runtime.inspect(guest).await?;
     println!("file       {}", guest.display());
@@ -114,7 +114,7 @@ pub async fn inspect(guest: &Path, node: &NodeArgs) -> anyhow::Result<()> {
 
 /// `check`: what would be advertised, without registering.
 pub async fn check(node: &NodeArgs) -> anyhow::Result<()> {
-    let config = node.config(Path::new("/nonexistent"));
+    let config = node.config(Path::new("/nonexistent"))?;
     let report = check_node(&config).await?;
     for resource in &report.resources {
         let s = &resource.spec;
@@ -168,7 +168,7 @@ pub async fn check(node: &NodeArgs) -> anyhow::Result<()> {
 
 /// `compile`: fill the cache so that the next start does not compile.
 pub async fn compile(guests: &[std::path::PathBuf], node: &NodeArgs) -> anyhow::Result<()> {
-    let config = node.config(Path::new("/nonexistent"));
+    let config = node.config(Path::new("/nonexistent"))?;
     anyhow::ensure!(config.cache_dir.is_some(), "compile needs --cache-dir");
     let runtime = wasm_device_plugin::node::runtime(&config)?;
     for guest in guests {

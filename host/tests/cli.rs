@@ -188,3 +188,40 @@ fn inspect_compile_and_sign() {
     ));
     assert!(text.contains("valid (trusted key)"), "{text}");
 }
+
+/// The compile budget's flags are checked before anything is compiled, and the child's
+/// verb stays out of the help.
+#[test]
+fn compile_budget_flags_are_checked() {
+    let (dir, _root, guests) = node();
+    let wasm = guests.join("nvidia-gpu.wasm").display().to_string();
+    let cache = dir.path().join("cache").display().to_string();
+    let small = run(
+        &[
+            "compile",
+            "--cache-dir",
+            &cache,
+            "--compile-memory-mib",
+            "16",
+            &wasm,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&small.stderr);
+    assert!(
+        !small.status.success() && stderr.contains("--compile-memory-mib must be at least"),
+        "{stderr}"
+    );
+    let mut zero = Command::new(BIN);
+    zero.args(["compile", "--cache-dir", &cache, &wasm])
+        .env_remove("WDP_CONFIG")
+        .env("WDP_COMPILE_TIMEOUT_SECONDS", "0");
+    let zero = zero.output().expect("run the binary");
+    let stderr = String::from_utf8_lossy(&zero.stderr);
+    assert!(
+        !zero.status.success() && stderr.contains("--compile-timeout-seconds must be at least"),
+        "{stderr}"
+    );
+    let help = stdout(&run(&["--help"], &[]));
+    assert!(!help.contains("compile-guest"), "{help}");
+}

@@ -21,6 +21,8 @@ pub const RUN_FLAGS: &[(&str, bool)] = &[
     ("--rescan-seconds", true),
     ("--reload-seconds", true),
     ("--cache-dir", true),
+    ("--compile-timeout-seconds", true),
+    ("--compile-memory-mib", true),
     ("--trusted-keys", true),
     ("--registration", true),
     ("--plugins-registry-dir", true),

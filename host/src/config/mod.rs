@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::handout::{DeviceNodes, NodeRoot};
 use crate::kubelet::KubeletConfig;
 use crate::kubelet::pod_resources::PodResourcesConfig;
-use crate::runtime::GuestLimits;
+use crate::runtime::{Compiler, GuestLimits};
 
 /// Where operators mount guests (a ConfigMap volume) by default.
 pub const DEFAULT_GUESTS_DIR: &str = "/etc/wasm-device-plugin/guests";
@@ -43,6 +43,10 @@ pub struct HostConfig {
     pub reload_interval: Duration,
     /// Host-private directory for compiled guests (none: compile at every start).
     pub cache_dir: Option<PathBuf>,
+    /// Where guests are compiled: in process by default (tests, embedders); the binary
+    /// compiles each in a child process within a budget, so that a compile bomb is
+    /// refused instead of stalling or OOM-killing the host.
+    pub compiler: Compiler,
     /// File of Ed25519 public keys; when set, only guests signed by one of them load.
     pub trusted_keys: Option<PathBuf>,
     /// Where to learn about released devices (none: guests are never told).
@@ -73,6 +77,7 @@ impl HostConfig {
             cdi_dir: PathBuf::from(DEFAULT_CDI_DIR),
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             cache_dir: None,
+            compiler: Compiler::InProcess,
             trusted_keys: None,
             pod_resources: None,
             metrics_addr: None,

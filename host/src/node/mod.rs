@@ -68,7 +68,7 @@ pub struct Status {
     pub reloads_refused: u64,
 }
 
-/// The runtime `config` asks for: its cache and trusted keys.
+/// The runtime `config` asks for: its compiler, cache and trusted keys.
 pub fn runtime(config: &HostConfig) -> Result<Runtime, NodeError> {
     let mut runtime = Runtime::new(
         config.host_root.clone(),
@@ -76,7 +76,8 @@ pub fn runtime(config: &HostConfig) -> Result<Runtime, NodeError> {
         config.limits.clone(),
     )
     .map_err(NodeError::Runtime)?
-    .with_device_nodes(config.device_nodes);
+    .with_device_nodes(config.device_nodes)
+    .with_compiler(config.compiler.clone());
     if let Some(dir) = &config.cache_dir {
         match CompileCache::open(dir) {
             Ok(cache) => runtime = runtime.with_cache(cache),

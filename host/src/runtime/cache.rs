@@ -46,40 +46,38 @@ impl CompileCache {
         Ok(Self { dir })
     }
 
+    /// The directory (refusals are remembered beside the entries).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The component for `wasm`, from the cache when a valid entry exists, else compiled
-    /// (and stored for next time). Runs on a blocking thread.
+    /// in this process (and stored for next time). Runs on a blocking thread. The host
+    /// compiles through its [`Compiler`](super::compiler::Compiler) instead, which
+    /// can hold the compile to a budget; this is for tools and benchmarks.
     pub fn get_or_compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        let entry = self.entry_path(engine, wasm);
-        if let Some(component) = self.load(engine, &entry) {
+        let key = artifact_key(engine, wasm);
+        if let Some(component) = self.load(engine, &key) {
             return Ok((component, CacheOutcome::Hit));
         }
         let component = Component::new(engine, wasm)?;
-        if let Err(e) = self.store(&entry, &component) {
-            tracing::warn!(entry = %entry.display(), error = %e, "cannot write the compiled-guest cache; the next start compiles again");
-        }
+        self.store_logged(&key, &component.serialize()?);
         Ok((component, CacheOutcome::Compiled))
     }
 
-    fn entry_path(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
-        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        engine
-            .precompile_compatibility_hash()
-            .hash(&mut engine_hash);
-        let wasm_hash = Sha256::digest(wasm);
-        self.dir.join(format!(
-            "{}-{:016x}.cwasm",
-            hex(&wasm_hash),
-            engine_hash.finish()
-        ))
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.cwasm"))
     }
 
-    /// A valid entry's component; an unreadable, corrupt or incompatible entry is
-    /// removed and `None` returned.
-    fn load(&self, engine: &Engine, entry: &Path) -> Option<Component> {
+    /// The valid entry's component for `key` (see [`artifact_key`]); an unreadable,
+    /// corrupt or incompatible entry is removed and `None` returned. Blocking.
+    pub(crate) fn load(&self, engine: &Engine, key: &str) -> Option<Component> {
+        let entry = self.entry_path(key);
+        let entry = entry.as_path();
         let bytes = match std::fs::read(entry) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -110,17 +108,41 @@ impl CompileCache {
         }
     }
 
-    fn store(&self, entry: &Path, component: &Component) -> wasmtime::Result<()> {
-        let code = component.serialize()?;
-        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(MAGIC)?;
-        file.write_all(&Sha256::digest(&code))?;
-        file.write_all(&code)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, entry)?;
-        Ok(())
+    /// Stores `code` (a serialized component) as the entry for `key`, logging a failure:
+    /// the guest still loads, the next start compiles it again. Blocking.
+    pub(crate) fn store_logged(&self, key: &str, code: &[u8]) {
+        let entry = self.entry_path(key);
+        if let Err(e) = write_entry(&entry, code) {
+            tracing::warn!(entry = %entry.display(), error = %e, "cannot write the compiled-guest cache; the next start compiles again");
+        }
     }
+}
+
+/// Writes an entry: header, checksum, code, through a temporary file and a rename so a
+/// reader never sees half of one.
+fn write_entry(entry: &Path, code: &[u8]) -> std::io::Result<()> {
+    let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(MAGIC)?;
+    file.write_all(&Sha256::digest(code))?;
+    file.write_all(code)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, entry)
+}
+
+/// The name under which what compiling `wasm` gave is filed (a cache entry, a
+/// remembered refusal): the SHA-256 of the `.wasm` and the engine's compatibility hash
+/// (wasmtime version, target, settings), so another engine never finds it.
+pub(crate) fn artifact_key(engine: &Engine, wasm: &[u8]) -> String {
+    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    format!(
+        "{}-{:016x}",
+        hex(&Sha256::digest(wasm)),
+        engine_hash.finish()
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -170,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::open(dir.path()).unwrap();
         let engine = engine();
-        let entry = cache.entry_path(&engine, EMPTY_COMPONENT);
+        let entry = cache.entry_path(&artifact_key(&engine, EMPTY_COMPONENT));
         let junk = b"not compiled code at all".to_vec();
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&Sha256::digest(&junk));

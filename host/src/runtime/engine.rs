@@ -10,7 +10,9 @@ use wasmtime::{Config, Engine};
 use std::sync::atomic::AtomicU64;
 
 use super::cache::CompileCache;
+use super::compiler::Compiler;
 use super::limits::GuestLimits;
+use super::refusals::Refusals;
 use super::signature::TrustedKeys;
 use super::state::GuestState;
 use crate::handout::DeviceNodes;
@@ -30,6 +32,8 @@ pub struct Runtime {
     pub(crate) cdi_dir: PathBuf,
     pub(crate) device_nodes: DeviceNodes,
     pub(crate) cache: Option<CompileCache>,
+    pub(crate) compiler: Compiler,
+    pub(crate) refusals: Arc<Refusals>,
     pub(crate) trusted: Option<TrustedKeys>,
     pub(crate) stats: Arc<LoadStats>,
     /// Per guest name, its threads stuck in host calls, across reloads.
@@ -43,6 +47,12 @@ pub struct LoadStats {
     pub compiled: AtomicU64,
     /// Guests loaded from the compiled-artifact cache.
     pub cache_hits: AtomicU64,
+    /// Compiles stopped for their budget (timeout, memory, crash).
+    pub refused: AtomicU64,
+    /// Guests refused at once, without compiling, because compiling the same content
+    /// was refused before (in this process or, through the cache directory, an earlier
+    /// one).
+    pub refusals_remembered: AtomicU64,
 }
 
 impl Runtime {
@@ -54,9 +64,7 @@ impl Runtime {
         cdi_dir: impl Into<PathBuf>,
         limits: GuestLimits,
     ) -> wasmtime::Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config())?;
 
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         // Rust's wasm32-wasip2 std imports WASI even when a guest never uses it; the
@@ -88,6 +96,8 @@ impl Runtime {
             cdi_dir: cdi_dir.into(),
             device_nodes: DeviceNodes::Real,
             cache: None,
+            compiler: Compiler::default(),
+            refusals: Arc::default(),
             trusted: None,
             stats: Arc::default(),
             stuck: Default::default(),
@@ -110,9 +120,17 @@ impl Runtime {
             .clone()
     }
 
-    /// Keeps compiled guests in `cache`, so that a restart does not compile them again.
+    /// Keeps compiled guests in `cache`, so that a restart does not compile them again
+    /// (nor try again a guest whose compile was refused).
     pub fn with_cache(mut self, cache: CompileCache) -> Self {
+        self.refusals = Arc::new(Refusals::new(Some(cache.dir().to_owned())));
         self.cache = Some(cache);
+        self
+    }
+
+    /// Compiles guests with `compiler` (in process, without a budget, by default).
+    pub fn with_compiler(mut self, compiler: Compiler) -> Self {
+        self.compiler = compiler;
         self
     }
 
@@ -130,6 +148,15 @@ impl Runtime {
     pub fn limits(&self) -> &GuestLimits {
         &self.limits
     }
+}
+
+/// The one wasmtime configuration of this host. The compiler child process builds its
+/// engine from it too: compiled code is only loadable by an engine with the same
+/// settings, so the two must never drift apart.
+pub(crate) fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true).epoch_interruption(true);
+    config
 }
 
 fn node_access(state: &mut GuestState) -> &mut NodeAccess {

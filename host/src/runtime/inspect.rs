@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 
 use super::cache::CacheOutcome;
 use super::engine::Runtime;
@@ -26,13 +25,16 @@ pub struct Inspection {
 }
 
 impl Runtime {
-    /// Compiles `path` (size and header checks first) and lists what it imports and exports.
+    /// Compiles `path` (size and header checks first; within the compile budget, and
+    /// from or into the cache, as a load would) and lists what it imports and exports.
     pub async fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
         let bytes = self.read_checked(path).await?;
-        let component = Component::new(&self.engine, &bytes).map_err(|e| LoadError::Compile {
-            path: path.to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let sha256 = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let size = bytes.len() as u64;
+        let (component, _) = self.component(path, bytes).await?;
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
@@ -47,41 +49,26 @@ impl Runtime {
             .find_map(|e| e.strip_prefix(PLUGIN_EXPORT))
             .map(str::to_owned);
         Ok(Inspection {
-            size: bytes.len() as u64,
-            sha256: Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            size,
+            sha256,
             contract,
             imports,
             exports,
         })
     }
 
-    /// Compiles `path` into the compiled-guest cache (a no-op when it is there already).
+    /// Compiles `path` into the compiled-guest cache (a no-op when it is there already),
+    /// within the compile budget.
     pub async fn precompile(&self, path: &Path) -> Result<CacheOutcome, LoadError> {
         let bytes = self.read_checked(path).await?;
-        let Some(cache) = self.cache.clone() else {
+        if self.cache.is_none() {
             return Err(LoadError::Compile {
                 path: path.to_owned(),
                 reason: "no cache directory configured (--cache-dir)".into(),
             });
-        };
-        let engine = self.engine.clone();
-        let owned = path.to_owned();
-        tokio::task::spawn_blocking(move || {
-            cache
-                .get_or_compile(&engine, &bytes)
-                .map(|(_, outcome)| outcome)
-        })
-        .await
-        .map_err(|e| LoadError::Compile {
-            path: owned.clone(),
-            reason: format!("compiler task failed: {e}"),
-        })?
-        .map_err(|e| LoadError::Compile {
-            path: owned,
-            reason: format!("{e:#}"),
-        })
+        }
+        self.component(path, bytes)
+            .await
+            .map(|(_, outcome)| outcome)
     }
 }

@@ -1,18 +1,21 @@
 //! From a `.wasm` file to a running, checked guest.
 //!
-//! Cheap checks first (size, header), then compile, then link: `instantiate_pre`
+//! Cheap checks first (size, header, signature), then the code (a remembered refusal, the
+//! cache, or the [`compiler`](super::compiler) within its budget), then link: `instantiate_pre`
 //! type-checks every import and export against the contract, so a guest built for
 //! another contract is refused here with wasmtime's precise message. Last, a smoke run:
 //! instantiate, `configure`, `resources`. Only then is the guest handed out.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use thiserror::Error;
 use wasmtime::component::Component;
 
-use std::sync::atomic::Ordering;
-
-use super::cache::CacheOutcome;
+use super::cache::{CacheOutcome, artifact_key};
+use super::compiler::{CompileError, Compiled, Refusal};
 use super::engine::Runtime;
 use super::error::GuestError;
 use super::guest::Guest;
@@ -49,6 +52,24 @@ pub enum LoadError {
     CoreModule { path: PathBuf },
     #[error("{path}: does not compile: {reason}")]
     Compile { path: PathBuf, reason: String },
+    /// Compiling ran over its budget or crashed the compiler.
+    #[error(
+        "{path}: refused: {refusal}{}",
+        if *remembered {
+            " (remembered from an earlier attempt at this same content; a changed file or a larger budget is tried again)"
+        } else {
+            ""
+        }
+    )]
+    Refused {
+        path: PathBuf,
+        refusal: Refusal,
+        /// Refused without compiling, because the same content was refused before.
+        remembered: bool,
+    },
+    /// The host could not run its compiler: a problem of the host, not of the guest.
+    #[error("{path}: cannot be compiled, the host's compiler failed: {reason}")]
+    Compiler { path: PathBuf, reason: String },
     #[error(
         "{path}: does not match the wdp:device-plugin@0.1 contract (is it a device-plugin guest?): {reason}"
     )]
@@ -63,8 +84,10 @@ pub enum LoadError {
 
 impl Runtime {
     /// Loads `path` as guest `name`, configured with `config` (the operator's text),
-    /// with the capabilities and limits of `policy`. Compilation runs on a blocking
-    /// thread; the guest then runs on its own thread.
+    /// with the capabilities and limits of `policy`. The code comes from the cache or
+    /// the [`Compiler`](super::compiler::Compiler); linking runs on a blocking thread;
+    /// the guest then runs on its own thread. Loads of different guests share no lock,
+    /// so they can run concurrently.
     pub async fn load(
         &self,
         name: &str,
@@ -76,31 +99,10 @@ impl Runtime {
         if let Some(trusted) = &self.trusted {
             trusted.verify(path, &bytes).map_err(LoadError::Signature)?;
         }
-        let engine = self.engine.clone();
+        let (component, _) = self.component(path, bytes).await?;
         let linker = self.linker.clone();
-        let cache = self.cache.clone();
-        let stats = self.stats.clone();
         let owned = path.to_owned();
         let pre = tokio::task::spawn_blocking(move || -> Result<DevicePluginPre<_>, LoadError> {
-            let compile_error = |e: wasmtime::Error| LoadError::Compile {
-                path: owned.clone(),
-                reason: format!("{e:#}"),
-            };
-            let (component, outcome) = match &cache {
-                Some(cache) => cache
-                    .get_or_compile(&engine, &bytes)
-                    .map_err(compile_error)?,
-                None => (
-                    Component::new(&engine, &bytes).map_err(compile_error)?,
-                    CacheOutcome::Compiled,
-                ),
-            };
-            let counter = match outcome {
-                CacheOutcome::Hit => &stats.cache_hits,
-                CacheOutcome::Compiled => &stats.compiled,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(guest = %owned.display(), ?outcome, "guest code ready");
             let link = |e: wasmtime::Error| LoadError::Link {
                 path: owned.clone(),
                 reason: format!("{e:#}"),
@@ -109,9 +111,9 @@ impl Runtime {
             DevicePluginPre::new(instance_pre).map_err(link)
         })
         .await
-        .map_err(|e| LoadError::Compile {
+        .map_err(|e| LoadError::Link {
             path: path.to_owned(),
-            reason: format!("compiler task failed: {e}"),
+            reason: format!("linker task failed: {e}"),
         })??;
 
         Guest::start(self, name, pre, config, policy)
@@ -120,6 +122,107 @@ impl Runtime {
                 path: path.to_owned(),
                 source,
             })
+    }
+
+    /// The compiled component for `bytes` (read from `path` and checked): refused at
+    /// once if compiling the same content was refused before under no smaller budget,
+    /// else from the cache, else compiled (and then cached, or the refusal remembered).
+    pub(crate) async fn component(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<(Component, CacheOutcome), LoadError> {
+        let engine = self.engine.clone();
+        let cache = self.cache.clone();
+        let refusals = self.refusals.clone();
+        let budget = self.compiler.budget().cloned();
+        let bytes = Arc::new(bytes);
+        let wasm = bytes.clone();
+        // Hashing a MiB and reading a cache entry block for a moment.
+        let (key, earlier) = tokio::task::spawn_blocking(move || {
+            let key = artifact_key(&engine, &wasm);
+            // Without a budget (in process) nothing is refused.
+            if let Some(refusal) = budget.and_then(|b| refusals.lookup(&key, &b)) {
+                return (key, Err(refusal));
+            }
+            let hit = cache.and_then(|cache| cache.load(&engine, &key));
+            (key, Ok(hit))
+        })
+        .await
+        .map_err(|e| LoadError::Compiler {
+            path: path.to_owned(),
+            reason: format!("the cache task failed: {e}"),
+        })?;
+        match earlier {
+            Err(refusal) => {
+                self.stats
+                    .refusals_remembered
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(LoadError::Refused {
+                    path: path.to_owned(),
+                    refusal,
+                    remembered: true,
+                });
+            }
+            Ok(Some(component)) => {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(guest = %path.display(), "guest code loaded from the cache");
+                return Ok((component, CacheOutcome::Hit));
+            }
+            Ok(None) => {}
+        }
+
+        let started = Instant::now();
+        match self.compiler.compile(&self.engine, bytes).await {
+            Ok(Compiled { component, code }) => {
+                self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    guest = %path.display(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    budget = %self.compiler.budget().map(|b| b.to_string()).unwrap_or_else(|| "none (in process)".into()),
+                    "guest compiled"
+                );
+                if let Some(cache) = self.cache.clone() {
+                    let stored = component.clone();
+                    // A failure to store is logged; the guest loads anyway.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let code = match code {
+                            Some(code) => code,
+                            None => match stored.serialize() {
+                                Ok(code) => code,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot serialize a compiled guest for the cache");
+                                    return;
+                                }
+                            },
+                        };
+                        cache.store_logged(&key, &code);
+                    })
+                    .await;
+                }
+                Ok((component, CacheOutcome::Compiled))
+            }
+            Err(CompileError::Refused(refusal)) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let refusals = self.refusals.clone();
+                let remembered = refusal.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || refusals.remember(&key, &remembered)).await;
+                Err(LoadError::Refused {
+                    path: path.to_owned(),
+                    refusal,
+                    remembered: false,
+                })
+            }
+            Err(CompileError::Invalid(reason)) => Err(LoadError::Compile {
+                path: path.to_owned(),
+                reason,
+            }),
+            Err(CompileError::Host(reason)) => Err(LoadError::Compiler {
+                path: path.to_owned(),
+                reason,
+            }),
+        }
     }
 
     pub(crate) async fn read_checked(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
