@@ -27,6 +27,10 @@ use crate::runtime::engine::LoadStats;
 use crate::runtime::signature::{SignatureError, TrustedKeys};
 use supervisor::Supervisor;
 
+/// Longest start-up waits for the guests' first loads (a compile bomb takes its whole
+/// compile budget; the probes should not).
+pub const INITIAL_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Failures that keep the host from starting at all (a bad guest never does).
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -120,9 +124,17 @@ impl Node {
         let (shutdown, stop) = watch::channel(false);
         let mut supervisor = Supervisor::new(config.clone(), runtime, status_tx, stop.clone());
         // Guests load concurrently, each on its own task; start-up waits for every
-        // first try (a failed one is retried later without holding the others).
+        // first try (a failed one is retried later without holding the others), but no
+        // longer than INITIAL_LOAD_WAIT: a guest still compiling then finishes on its
+        // own while the probes and the other guests' registrations go ahead.
+        let deadline = tokio::time::Instant::now() + INITIAL_LOAD_WAIT;
         for loaded in supervisor.sync().await {
-            let _ = loaded.await;
+            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+                tracing::warn!(
+                    "a guest is still loading after {INITIAL_LOAD_WAIT:?}; starting without waiting for it"
+                );
+                break;
+            }
         }
         supervisor.publish();
         if status.borrow().resources.is_empty() {
