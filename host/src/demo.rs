@@ -37,10 +37,9 @@ pub async fn run() -> anyhow::Result<()> {
         testkit::guests::NVIDIA_GPU_POLICY,
     )?;
     std::fs::write(guests.join("broken.wasm"), b"this is not WebAssembly")?;
-    std::fs::write(
-        guests.join("broken.policy.json"),
-        testkit::guests::NVIDIA_GPU_POLICY,
-    )?;
+    // A policy of its own: it may advertise nothing, so it contests none of the NVIDIA
+    // guest's names (names belong to the policies, see node::ownership).
+    std::fs::write(guests.join("broken.policy.json"), "{}")?;
 
     println!("wasm-device-plugin demo: the host serving a simulated DGX H100 node\n");
     println!(
