@@ -19,9 +19,11 @@ pub fn check_allocation(
     for (key, value) in &allocation.annotations {
         annotations::check(grant, key, value)?;
     }
+    let mut seen = node_paths::Resolutions::default();
     for mount in &allocation.mounts {
         node_paths::check_mount(
             root,
+            &mut seen,
             grant,
             &mount.host_path,
             &mount.container_path,
@@ -31,6 +33,7 @@ pub fn check_allocation(
     for device in &allocation.devices {
         node_paths::check_device(
             root,
+            &mut seen,
             grant,
             &device.host_path,
             &device.container_path,

@@ -121,11 +121,12 @@ pub fn check(root: &NodeRoot, grant: &Grant, text: &str) -> Result<CheckedSpec, 
             guest_text::quote(&spec.kind)
         )));
     }
+    let mut seen = node_paths::Resolutions::default();
     if let Some(edits) = &mut spec.container_edits {
-        check_edits(root, grant, edits)?;
+        check_edits(root, &mut seen, grant, edits)?;
     }
     for device in &mut spec.devices {
-        check_edits(root, grant, &mut device.container_edits)?;
+        check_edits(root, &mut seen, grant, &mut device.container_edits)?;
     }
     let json = serde_json::to_string(&spec)
         .map_err(|e| Refused::CdiSpec(format!("cannot encode the checked spec: {e}")))?;
@@ -155,7 +156,12 @@ fn refuse_dangerous(value: &Value, at: &str) -> Result<(), Refused> {
     }
 }
 
-fn check_edits(root: &NodeRoot, grant: &Grant, edits: &mut Edits) -> Result<(), Refused> {
+fn check_edits(
+    root: &NodeRoot,
+    seen: &mut node_paths::Resolutions,
+    grant: &Grant,
+    edits: &mut Edits,
+) -> Result<(), Refused> {
     for entry in &edits.env {
         let (key, value) = entry
             .split_once('=')
@@ -163,18 +169,29 @@ fn check_edits(root: &NodeRoot, grant: &Grant, edits: &mut Edits) -> Result<(), 
         env::check(grant, key, value)?;
     }
     for node in &mut edits.device_nodes {
-        check_node(root, grant, node)?;
+        check_node(root, seen, grant, node)?;
     }
     for mount in &mut edits.mounts {
-        check_mount(root, grant, mount)?;
+        check_mount(root, seen, grant, mount)?;
     }
     Ok(())
 }
 
-fn check_node(root: &NodeRoot, grant: &Grant, node: &mut DeviceNode) -> Result<(), Refused> {
+fn check_node(
+    root: &NodeRoot,
+    seen: &mut node_paths::Resolutions,
+    grant: &Grant,
+    node: &mut DeviceNode,
+) -> Result<(), Refused> {
     let host = node.host_path.clone().unwrap_or_else(|| node.path.clone());
-    let file =
-        node_paths::check_device(root, grant, &host, &node.path, node.permissions.as_deref())?;
+    let file = node_paths::check_device(
+        root,
+        seen,
+        grant,
+        &host,
+        &node.path,
+        node.permissions.as_deref(),
+    )?;
     let FileKind::Device { kind, numbers } = file.kind else {
         return Err(Refused::device(&host, "not a device node"));
     };
@@ -213,7 +230,12 @@ fn check_node(root: &NodeRoot, grant: &Grant, node: &mut DeviceNode) -> Result<(
     Ok(())
 }
 
-fn check_mount(root: &NodeRoot, grant: &Grant, mount: &mut SpecMount) -> Result<(), Refused> {
+fn check_mount(
+    root: &NodeRoot,
+    seen: &mut node_paths::Resolutions,
+    grant: &Grant,
+    mount: &mut SpecMount,
+) -> Result<(), Refused> {
     if mount.kind.as_deref().is_some_and(|k| k != "bind") {
         return Err(Refused::mount(
             &mount.host_path,
@@ -244,6 +266,7 @@ fn check_mount(root: &NodeRoot, grant: &Grant, mount: &mut SpecMount) -> Result<
         mount.options.iter().any(|o| o == "ro") && !mount.options.iter().any(|o| o == "rw");
     let resolved = node_paths::check_mount(
         root,
+        seen,
         grant,
         &mount.host_path,
         &mount.container_path,

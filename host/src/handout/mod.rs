@@ -27,6 +27,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::hostfns::resolver::Resolver;
+
 pub use allocation::check_allocation;
 pub use cdi_ledger::CdiLedger;
 
@@ -42,21 +44,48 @@ pub enum DeviceNodes {
 }
 
 /// The node that hand-outs are checked against: where its `/` is, and how to read its
-/// device nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// device nodes. Holds the host root open (see [`Resolver`]) so that each check resolves
+/// from the same directory without opening it again.
+#[derive(Debug, Clone)]
 pub struct NodeRoot {
     pub host_root: PathBuf,
     pub device_nodes: DeviceNodes,
+    resolver: Resolver,
 }
 
 impl NodeRoot {
     pub fn new(host_root: impl Into<PathBuf>, device_nodes: DeviceNodes) -> Self {
+        let host_root = host_root.into();
         Self {
-            host_root: host_root.into(),
+            resolver: Resolver::new(&host_root, vec![PathBuf::from("/")]),
+            host_root,
             device_nodes,
         }
     }
+
+    /// The node `resolver` reads, sharing its open host root.
+    pub fn sharing(resolver: &Resolver, device_nodes: DeviceNodes) -> Self {
+        Self {
+            host_root: resolver.host_root().to_owned(),
+            device_nodes,
+            resolver: resolver.with_grant(vec![PathBuf::from("/")]),
+        }
+    }
+
+    /// Resolves node paths anywhere under the host root (hand-outs are judged by the
+    /// grant after resolution, not by a read grant).
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
 }
+
+impl PartialEq for NodeRoot {
+    fn eq(&self, other: &Self) -> bool {
+        self.host_root == other.host_root && self.device_nodes == other.device_nodes
+    }
+}
+
+impl Eq for NodeRoot {}
 
 impl From<PathBuf> for NodeRoot {
     /// A real node at `host_root`.

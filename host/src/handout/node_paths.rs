@@ -6,13 +6,13 @@
 //! links followed as the kernel does, see [`Resolver`]) and the *resolved* path is held
 //! to the grant: `/dev/infiniband/uverbs9 -> ../nvidia0` is the GPU, not an HCA.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use super::{DeviceNodes, NodeRoot, Refused};
 use crate::grant::{Grant, MountGrant, NodeKind, glob, literal_prefix};
 use crate::guest_text;
 use crate::hostfns::node_file::FileKind as Found;
-use crate::hostfns::resolver::{ResolveError, Resolver};
+use crate::hostfns::resolver::ResolveError;
 
 /// Longest path (Linux `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -86,9 +86,26 @@ pub enum Unresolved {
     Other(String),
 }
 
+/// Paths already resolved during one check: an answer names the same node many times
+/// (`/dev/null` once per GPU, control nodes once per container).
+#[derive(Debug, Default)]
+pub struct Resolutions(Vec<(String, Result<NodeFile, Unresolved>)>);
+
+impl Resolutions {
+    /// [`resolve`], once per path.
+    pub fn get(&mut self, root: &NodeRoot, path: &str) -> Result<NodeFile, Unresolved> {
+        if let Some((_, known)) = self.0.iter().find(|(p, _)| p == path) {
+            return known.clone();
+        }
+        let found = resolve(root, path);
+        self.0.push((path.to_owned(), found.clone()));
+        found
+    }
+}
+
 /// Resolves `path` under the host root, following every link, and says what it is.
 pub fn resolve(root: &NodeRoot, path: &str) -> Result<NodeFile, Unresolved> {
-    let resolver = Resolver::new(&root.host_root, vec![PathBuf::from("/")]);
+    let resolver = root.resolver();
     // Opened O_PATH in one step with its resolution, then looked at through the fd:
     // what is judged is what the path led to, and no driver sees an `open`.
     let opened = resolver.open(path).map_err(|e| match e {
@@ -131,6 +148,7 @@ pub fn resolve(root: &NodeRoot, path: &str) -> Result<NodeFile, Unresolved> {
 /// the host path leads to.
 pub fn check_device(
     root: &NodeRoot,
+    seen: &mut Resolutions,
     grant: &Grant,
     host_path: &str,
     container_path: &str,
@@ -155,7 +173,7 @@ pub fn check_device(
             ),
         ));
     }
-    let file = resolve(root, host_path).map_err(|e| {
+    let file = seen.get(root, host_path).map_err(|e| {
         let granted = grant.devices.iter().any(|d| glob(&d.pattern, host_path));
         Refused::device(host_path, unresolved(e, granted, "device"))
     })?;
@@ -187,6 +205,7 @@ pub fn check_device(
 /// Returns the resolved host path.
 pub fn check_mount(
     root: &NodeRoot,
+    seen: &mut Resolutions,
     grant: &Grant,
     host_path: &str,
     container_path: &str,
@@ -203,7 +222,7 @@ pub fn check_mount(
             "no mount may cover the container's /, /dev, /proc or /sys",
         ));
     }
-    let file = resolve(root, host_path).map_err(|e| {
+    let file = seen.get(root, host_path).map_err(|e| {
         let granted = grant.mounts_of(Path::new(host_path)).next().is_some();
         Refused::mount(host_path, unresolved(e, granted, "mount"))
     })?;
@@ -339,7 +358,15 @@ mod tests {
             ("/dev/infiniband/nope", "/dev/x", "rw"),
         ] {
             assert!(
-                check_device(&root, &g, host, container, Some(perms)).is_err(),
+                check_device(
+                    &root,
+                    &mut Resolutions::default(),
+                    &g,
+                    host,
+                    container,
+                    Some(perms)
+                )
+                .is_err(),
                 "{host} {container} {perms}"
             );
         }
@@ -370,6 +397,7 @@ mod tests {
         };
         let file = check_device(
             &host,
+            &mut Resolutions::default(),
             &null(NodeKind::Char),
             "/dev/null",
             "/dev/null",
@@ -401,11 +429,26 @@ mod tests {
         let (_dir, root) = node();
         let g = ib_grant();
         assert_eq!(
-            check_mount(&root, &g, "/opt/ib/lib", "/opt/ib/lib", false),
+            check_mount(
+                &root,
+                &mut Resolutions::default(),
+                &g,
+                "/opt/ib/lib",
+                "/opt/ib/lib",
+                false
+            ),
             Ok("/opt/ib/lib".into())
         );
         assert!(
-            check_mount(&root, &g, "/opt/ib", "/opt/ib", false).is_ok(),
+            check_mount(
+                &root,
+                &mut Resolutions::default(),
+                &g,
+                "/opt/ib",
+                "/opt/ib",
+                false
+            )
+            .is_ok(),
             "dir/** covers dir"
         );
         for (host, container, writable, fragment) in [
@@ -438,9 +481,16 @@ mod tests {
             ),
             ("/opt/ib/../../etc", "/opt/ib/x", false, "'..'"),
         ] {
-            let err = check_mount(&root, &g, host, container, writable)
-                .unwrap_err()
-                .to_string();
+            let err = check_mount(
+                &root,
+                &mut Resolutions::default(),
+                &g,
+                host,
+                container,
+                writable,
+            )
+            .unwrap_err()
+            .to_string();
             assert!(err.contains(fragment), "{host} -> {container}: {err}");
         }
     }
@@ -456,6 +506,7 @@ mod tests {
         });
         let err = check_mount(
             &root,
+            &mut Resolutions::default(),
             &g,
             "/dev/nvidia0",
             "/var/run/nvidia-container-devices/all",

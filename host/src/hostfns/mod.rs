@@ -74,7 +74,7 @@ impl NodeAccess {
 
     /// The node hand-outs are checked against.
     pub fn node_root(&self) -> NodeRoot {
-        NodeRoot::new(self.resolver.host_root(), self.device_nodes)
+        NodeRoot::sharing(&self.resolver, self.device_nodes)
     }
 
     /// The guest's name, as it appears in logs.
