@@ -332,6 +332,7 @@ mod tests {
         let g = ib_grant();
         let ok = check_device(
             &root,
+            &mut Resolutions::default(),
             &g,
             "/dev/infiniband/uverbs0",
             "/dev/infiniband/uverbs0",
@@ -340,6 +341,7 @@ mod tests {
         assert_eq!(ok.unwrap().node, "/dev/infiniband/uverbs0");
         let err = check_device(
             &root,
+            &mut Resolutions::default(),
             &g,
             "/dev/infiniband/uverbs9",
             "/dev/infiniband/uverbs9",
@@ -378,6 +380,7 @@ mod tests {
         let real = NodeRoot::new(dir.path(), DeviceNodes::Real);
         let err = check_device(
             &real,
+            &mut Resolutions::default(),
             &ib_grant(),
             "/dev/infiniband/uverbs0",
             "/dev/x",
@@ -414,6 +417,7 @@ mod tests {
         assert!(
             check_device(
                 &host,
+                &mut Resolutions::default(),
                 &null(NodeKind::Block),
                 "/dev/null",
                 "/dev/null",
@@ -523,6 +527,7 @@ mod tests {
         assert!(
             check_mount(
                 &root,
+                &mut Resolutions::default(),
                 &g,
                 "/dev/nvidia0",
                 "/var/run/nvidia-container-devices/GPU-1",
