@@ -125,3 +125,73 @@ async fn a_failed_load_is_tried_again_with_back_off() {
         "{metrics}"
     );
 }
+
+/// A call whose caller has given up is never started: a pre-start the kubelet stopped
+/// waiting for (here queued behind a call stuck in a host function) must not reset a
+/// device later, when the stuck call finally returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_caller_gave_up_is_never_started() {
+    let mut h = Harness::empty().await;
+    add_widgets(&h.node, "late", &widgets(1));
+    let marker = h.node.path("/sys/class/late/w0/prestarted");
+    std::fs::write(&marker, "").unwrap();
+    let config = json!({
+        "resources": [{ "name": "example.com/late", "class": "late", "preStartRequired": true }],
+        "faults": { "allocate": "sleep" },
+        "sleepMs": 3500,
+        "markPreStart": true,
+    });
+    let mut policy = integration_tests::conformance_policy(&config);
+    policy["write"] = json!(["/sys/class/late/*/prestarted"]);
+    h.add_guest_with_policy(
+        "late",
+        testkit::guests::CONFORMANCE_WASM,
+        Some(&config.to_string()),
+        Some(&policy.to_string()),
+    );
+    h.deadlines = CallDeadlines::all(Duration::from_millis(300));
+    let config = h.config();
+    h.start_host_with(config).await;
+    h.kubelet
+        .wait_for("example.com/late", WAIT, |v| v.allocatable() == 1)
+        .await
+        .expect("serves");
+
+    // The guest's thread sleeps in a host call for 3.5 s; a pre-start queues behind it
+    // and its caller gives up after 200 ms, long before the sleep ends.
+    let started = Instant::now();
+    let mut client = h.kubelet.client("example.com/late").expect("a client");
+    let stuck = tokio::spawn(async move {
+        let request = kubelet_api::v1beta1::AllocateRequest {
+            container_requests: vec![kubelet_api::v1beta1::ContainerAllocateRequest {
+                devices_ids: vec!["w0".into()],
+            }],
+        };
+        client.allocate(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        h.kubelet.pre_start("example.com/late", vec!["w0".into()]),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the pre-start waited behind the stuck call"
+    );
+    let _ = stuck.await;
+    // Well past the moment the sleep ended and the old thread took its next job.
+    let settled = Duration::from_millis(3500 + 1500);
+    tokio::time::sleep(settled.saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "",
+        "the abandoned pre-start never ran"
+    );
+    // A pre-start someone waits for runs (on the fresh thread).
+    h.kubelet
+        .pre_start("example.com/late", vec!["w0".into()])
+        .await
+        .expect("pre-start");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "1");
+}

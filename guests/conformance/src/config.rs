@@ -13,6 +13,11 @@ pub struct Config {
     pub faults: Faults,
     /// The path the `probe` fault reads.
     pub probe: Option<String>,
+    /// How long the `sleep` fault sleeps, in milliseconds (an hour by default).
+    pub sleep_ms: Option<u64>,
+    /// Whether `pre-start` marks each device by writing `1` to
+    /// `/sys/class/<class>/<id>/prestarted` (tests create and read it).
+    pub mark_pre_start: bool,
     /// A node file `configure` needs (as a driver's attribute that appears late at
     /// boot): while it cannot be read, `configure` fails.
     pub require_file: Option<String>,
@@ -36,6 +41,8 @@ impl Default for Config {
             faults: Faults::default(),
             probe: None,
             require_file: None,
+            sleep_ms: None,
+            mark_pre_start: false,
             attack: None,
             cdi_attack: None,
         }

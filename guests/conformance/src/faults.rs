@@ -13,8 +13,8 @@ pub enum Fault {
     Trap,
     /// Spin forever (the host's deadline must stop it).
     Loop,
-    /// Sleep for an hour through WASI: the guest blocks inside a host call (a poll),
-    /// where epoch interruption cannot reach; the host must cut the call loose.
+    /// Sleep through WASI (an hour, or `sleepMs`): the guest blocks inside a host call
+    /// (a poll), where epoch interruption cannot reach; the host must cut the call loose.
     Sleep,
     /// Allocate memory until allocation fails (the host's memory limit must stop it).
     Grow,
@@ -74,6 +74,15 @@ impl Fault {
 /// Acts out the faults that replace a call's work; answer-breaking ones are left to the
 /// export that builds the answer.
 pub fn inject(fault: Option<Fault>, probe: Option<&str>) -> Result<(), Error> {
+    inject_sleeping(fault, probe, None)
+}
+
+/// [`inject`], with the sleep's length where the configuration gives one.
+pub fn inject_sleeping(
+    fault: Option<Fault>,
+    probe: Option<&str>,
+    sleep_ms: Option<u64>,
+) -> Result<(), Error> {
     match fault {
         Some(Fault::Error) => Err(Error::Other("injected fault".into())),
         Some(Fault::Trap) => panic!("injected trap"),
@@ -81,7 +90,9 @@ pub fn inject(fault: Option<Fault>, probe: Option<&str>) -> Result<(), Error> {
             core::hint::black_box(());
         },
         Some(Fault::Sleep) => {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+            std::thread::sleep(std::time::Duration::from_millis(
+                sleep_ms.unwrap_or(3_600_000),
+            ));
             Ok(())
         }
         Some(Fault::Grow) => grow(),

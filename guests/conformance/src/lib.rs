@@ -104,7 +104,11 @@ impl Guest for Conformance {
         containers: Vec<Vec<String>>,
     ) -> Result<Vec<ContainerAllocation>, Error> {
         let config = config();
-        inject(config.faults.allocate, config.probe.as_deref())?;
+        faults::inject_sleeping(
+            config.faults.allocate,
+            config.probe.as_deref(),
+            config.sleep_ms,
+        )?;
         let resource = resource(&config, &name)?;
         let mut answer = allocate::allocate(&resource.class, &containers);
         if resource.write_cdi_spec {
@@ -139,7 +143,12 @@ impl Guest for Conformance {
     fn pre_start(name: String, device_ids: Vec<String>) -> Result<(), Error> {
         let config = config();
         inject(config.faults.pre_start, config.probe.as_deref())?;
-        resource(&config, &name)?;
+        let class = resource(&config, &name)?.class;
+        if config.mark_pre_start {
+            for id in &device_ids {
+                sysfs::write_file(&format!("/sys/class/{class}/{id}/prestarted"), "1")?;
+            }
+        }
         log::log(
             LogLevel::Info,
             &format!("pre-start for {name}: {}", device_ids.join(",")),
