@@ -49,14 +49,7 @@ fn child_compiler(budget: CompileBudget) -> Compiler {
 /// parameter and the register allocator sees `locals × depth` long, overlapping live
 /// ranges. `seed` changes the constants (and so the file's hash).
 fn compile_bomb(locals: u32, depth: u32, seed: i64) -> Vec<u8> {
-    use wasm_encoder::{
-        BlockType, CodeSection, Component, Function, FunctionSection, Module, ModuleSection,
-        TypeSection, ValType,
-    };
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    let mut functions = FunctionSection::new();
-    functions.function(0);
+    use wasm_encoder::{BlockType, Function, ValType};
     let mut body = Function::new([(locals, ValType::I64)]);
     let mut code = body.instructions();
     for i in 0..locals {
@@ -81,8 +74,20 @@ fn compile_bomb(locals: u32, depth: u32, seed: i64) -> Vec<u8> {
             .end();
     }
     code.end();
+    component_of(&body)
+}
+
+/// A component holding one core module with `body` as its only function, `[] -> []`.
+fn component_of(body: &wasm_encoder::Function) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, Component, FunctionSection, Module, ModuleSection, TypeSection,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    let mut functions = FunctionSection::new();
+    functions.function(0);
     let mut bodies = CodeSection::new();
-    bodies.function(&body);
+    bodies.function(body);
     let mut module = Module::new();
     module.section(&types).section(&functions).section(&bodies);
     let mut component = Component::new();
@@ -368,22 +373,9 @@ async fn an_invalid_guest_in_the_child_is_a_compile_error() {
 
 /// A component whose one function adds with nothing on the stack.
 fn invalid_component() -> Vec<u8> {
-    use wasm_encoder::{
-        CodeSection, Component, Function, FunctionSection, Module, ModuleSection, TypeSection,
-    };
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    let mut functions = FunctionSection::new();
-    functions.function(0);
-    let mut body = Function::new([]);
+    let mut body = wasm_encoder::Function::new([]);
     body.instructions().i32_add().end();
-    let mut bodies = CodeSection::new();
-    bodies.function(&body);
-    let mut module = Module::new();
-    module.section(&types).section(&functions).section(&bodies);
-    let mut component = Component::new();
-    component.section(&ModuleSection(&module));
-    component.finish()
+    component_of(&body)
 }
 
 /// Both reference guests compile in the child under the default budget and load; the

@@ -78,11 +78,6 @@ impl Grant {
         Self::default()
     }
 
-    /// True when `path` (a node path) lies under one of `roots`.
-    pub fn under(roots: &[PathBuf], path: &Path) -> bool {
-        roots.iter().any(|root| path.starts_with(root))
-    }
-
     /// May the guest hand out the device node at `resolved` (a node path with no link
     /// left in it) of `kind`?
     pub fn allows_device(&self, resolved: &str, kind: NodeKind) -> bool {

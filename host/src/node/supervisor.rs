@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::Status;
 use super::guest_task::{GuestTaskHandle, LoadRequest};
-use super::guests_dir;
+use super::guests_dir::{self, Fingerprint};
 use super::ownership::Claims;
 use super::status_board::StatusBoard;
 use crate::config::HostConfig;
@@ -25,8 +25,10 @@ pub(super) struct Supervisor {
     config: HostConfig,
     runtime: Arc<Runtime>,
     guests: BTreeMap<String, GuestTaskHandle>,
-    /// What every policy in the directory claims, as of the last scan.
+    /// What every policy in the directory claims, and the files it was read from: the
+    /// policies are read again only when a guest's files change.
     claims: Claims,
+    claims_from: Vec<(String, Fingerprint)>,
     board: StatusBoard,
     /// The host's shutdown signal, passed to every guest task.
     host_stop: watch::Receiver<bool>,
@@ -44,6 +46,7 @@ impl Supervisor {
             runtime: Arc::new(runtime),
             guests: BTreeMap::new(),
             claims: Claims::default(),
+            claims_from: Vec::new(),
             board: StatusBoard::new(status),
             host_stop,
         }
@@ -79,13 +82,20 @@ impl Supervisor {
                 return Vec::new();
             }
         };
-        let claims = Claims::of(&found, &self.config.limits);
-        if claims != self.claims && !self.guests.is_empty() {
-            tracing::info!(
-                "the policies changed which guest owns which names; checking every guest again"
-            );
+        let files: Vec<(String, Fingerprint)> = found
+            .iter()
+            .map(|f| (f.name.clone(), f.fingerprint.clone()))
+            .collect();
+        if files != self.claims_from {
+            let claims = Claims::of(&found, &self.config.limits);
+            if claims != self.claims && !self.guests.is_empty() {
+                tracing::info!(
+                    "the policies changed which guest owns which names; checking every guest again"
+                );
+            }
+            self.claims = claims;
+            self.claims_from = files;
         }
-        self.claims = claims;
         let gone: Vec<String> = self
             .guests
             .keys()
