@@ -191,8 +191,13 @@ class Kubelet:
         self.stop()
         for name in os.listdir(self.dir):
             path = os.path.join(self.dir, name)
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+            # The host may remove its own socket meanwhile (it saw the stream end): a
+            # socket that vanishes during the clean-up is already gone.
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
         self.start()
 
     def _register(self, request, context):
