@@ -2,7 +2,7 @@
 # A short cargo-fuzz run of the path resolver (fuzz/fuzz_targets/resolve.rs). cargo fuzz
 # needs a nightly toolchain (sanitizer flags); it is installed when absent, and
 # cargo-fuzz itself is installed pinned into target/cargo-fuzz. The deterministic
-# property test in host/src/hostfns/resolver.rs runs in every `cargo test` besides this.
+# property test in host/src/host_root/resolver.rs runs in every `cargo test` besides this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

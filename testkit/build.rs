@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Guest crates and the constant each becomes in `guests.rs`.
-const GUESTS: [(&str, &str); 5] = [
+const GUESTS: [(&str, &str); 6] = [
     ("nvidia-gpu", "NVIDIA_GPU"),
     ("conformance", "CONFORMANCE"),
     ("infiniband", "INFINIBAND"),
     ("wrong-world", "WRONG_WORLD"),
     ("template", "TEMPLATE"),
+    ("contract-v0-1-0", "CONTRACT_V0_1_0"),
 ];
 /// Library crates of the guests workspace that guests build on (no `.wasm` of their own).
 const LIBRARIES: [&str; 1] = ["sdk"];

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{Harness, WAIT, add_widgets, widgets};
 use serde_json::json;
-use wasm_device_plugin::config::policy::GuestPolicy;
+use wasm_device_plugin::policy::GuestPolicy;
 use wasm_device_plugin::runtime::compiler::RefusalCause;
 use wasm_device_plugin::runtime::{CompileBudget, Compiler, LoadError, Runtime};
 

@@ -9,7 +9,7 @@ use integration_tests::{Harness, WAIT, add_widgets, widgets};
 use kubelet_api::v1beta1 as pb;
 use serde_json::json;
 use tonic::Code;
-use wasm_device_plugin::runtime::limits::CallDeadlines;
+use wasm_device_plugin::policy::limits::CallDeadlines;
 
 /// A conformance configuration advertising one resource `example.com/<class>` of `class`,
 /// with `faults` injected.
@@ -433,4 +433,74 @@ async fn allocate_refuses_unknown_and_unhealthy_devices() {
     let status = allocate_err(&h, "example.com/widget", &["w0", "w1"]).await;
     assert_status(&status, Code::InvalidArgument, &["unhealthy", "w1"]);
     assert_allocates(&h, "example.com/widget", "widget", &["w0", "w2"]).await;
+}
+
+/// The compatibility promise of the contract: a guest built against the first published
+/// WIT (`wdp:device-plugin@0.1.0`, frozen in `guests/contract-v0-1-0/wit/`) loads on
+/// today's host and serves every call through the kubelet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_built_against_the_0_1_0_contract_loads_and_serves() {
+    let wasm = testkit::guests::CONTRACT_V0_1_0_WASM;
+    // The component names its imports with their package version: this is a 0.1.0 guest.
+    let names = String::from_utf8_lossy(wasm);
+    assert!(
+        names.contains("wdp:device-plugin/sysfs@0.1.0")
+            && names.contains("wdp:device-plugin/plugin@0.1.0")
+            && !names.contains("@0.1.1"),
+        "the compatibility guest must be built against the 0.1.0 contract"
+    );
+    let mut h = Harness::dgx().await;
+    // 0x15b3: the ConnectX functions of the simulated node.
+    h.add_guest_with_policy(
+        "compat",
+        wasm,
+        Some(r#"{"vendor": 5555}"#),
+        Some(testkit::guests::CONTRACT_V0_1_0_POLICY),
+    );
+    h.start_host().await;
+
+    let nics: std::collections::BTreeSet<String> =
+        h.node.nics().iter().map(|n| n.address.clone()).collect();
+    let view = wait_listed(&h, "example.com/compat", nics.len()).await;
+    let listed: std::collections::BTreeSet<String> =
+        view.devices.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(listed, nics);
+    let registration = &h
+        .kubelet
+        .wait_for_registrations("example.com/compat", 1, WAIT)
+        .await
+        .expect("registered")[0];
+    let options = registration.options.expect("options");
+    assert!(options.pre_start_required && options.get_preferred_allocation_available);
+
+    let first = nics.iter().next().expect("the node has NICs").clone();
+    let preferred = h
+        .kubelet
+        .preferred_allocation(
+            "example.com/compat",
+            nics.iter().cloned().collect(),
+            vec![first.clone()],
+            1,
+        )
+        .await
+        .expect("preferred allocation");
+    assert_eq!(
+        preferred.container_responses[0].device_i_ds,
+        vec![first.clone()]
+    );
+    let answer = allocate(&h, "example.com/compat", &[&first])
+        .await
+        .expect("allocate");
+    let envs = &answer.container_responses[0].envs;
+    assert_eq!(envs.get("COMPAT_VISIBLE_DEVICES"), Some(&first));
+    assert_eq!(
+        envs.get("COMPAT_VENDOR").map(String::as_str),
+        Some("0x15b3")
+    );
+    h.kubelet
+        .pre_start("example.com/compat", vec![first.clone()])
+        .await
+        .expect("pre-start");
+    let unknown = allocate_err(&h, "example.com/compat", &["0000:ff:00.0"]).await;
+    assert_eq!(unknown.code(), Code::InvalidArgument, "{unknown:?}");
 }

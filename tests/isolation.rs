@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{Harness, WAIT, add_widgets, widgets};
 use serde_json::json;
-use wasm_device_plugin::runtime::limits::CallDeadlines;
+use wasm_device_plugin::policy::limits::CallDeadlines;
 
 const BYSTANDER: &str = "example.com/bystander";
 /// The harness's rescan interval is 100 ms; a health change may take one interval, one

@@ -814,7 +814,7 @@ async fn allocate_returns_within_ten_seconds_when_the_guest_hangs() {
     let mut h = Harness::empty().await;
     assert_eq!(
         h.deadlines.allocate,
-        wasm_device_plugin::runtime::limits::CallDeadlines::default().allocate,
+        wasm_device_plugin::policy::limits::CallDeadlines::default().allocate,
         "this test is about the default deadlines"
     );
     add_widgets(&h.node, "widget", &widgets(2));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use testkit::SimNode;
 use testkit::kubelet::KubeletStandIn;
-use wasm_device_plugin::config::HostConfig;
+use wasm_device_plugin::node::HostConfig;
 
 pub const GPU: &str = "nvidia.com/gpu";
 pub const HCA: &str = "rdma/hca";

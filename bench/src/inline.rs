@@ -50,11 +50,7 @@ impl InlineGuest {
     }
 
     fn reported(&self, call: &'static str, error: wit::Error) -> GuestError {
-        GuestError::Reported {
-            guest: self.name.clone(),
-            call,
-            error,
-        }
+        GuestError::reported(&self.name, call, error)
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use wasm_device_plugin::config::policy::GuestPolicy;
-use wasm_device_plugin::runtime::GuestLimits;
+use wasm_device_plugin::policy::GuestLimits;
+use wasm_device_plugin::policy::GuestPolicy;
 
 use crate::fixture::{Fixture, GPU, GuestKind};
 use crate::native::{Direct, HostFns, NvidiaNative};

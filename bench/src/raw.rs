@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use wasm_device_plugin::grant::Grant;
 use wasm_device_plugin::hostfns::NodeAccess;
-use wasm_device_plugin::runtime::GuestLimits;
+use wasm_device_plugin::policy::GuestLimits;
 use wasm_device_plugin::wit::latest::{self, DevicePlugin, DevicePluginPre};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};

@@ -1,4 +1,4 @@
-//! Fuzzes the resolver every guest path goes through (`host/src/hostfns/resolver.rs` and
+//! Fuzzes the resolver every guest path goes through (`host/src/host_root/resolver.rs` and
 //! the `node_file.rs` it opens nodes as, compiled in directly so this target does not
 //! build wasmtime): whatever path a guest names, a resolved path lies inside the grant and
 //! under the host root, opening it cannot follow a link anywhere else, and the kernel's
@@ -14,11 +14,11 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../host/src/hostfns/resolver.rs"]
+#[path = "../../host/src/host_root/resolver.rs"]
 #[allow(dead_code)]
 mod resolver;
 
-#[path = "../../host/src/hostfns/node_file.rs"]
+#[path = "../../host/src/host_root/node_file.rs"]
 #[allow(dead_code)]
 mod node_file;
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use wasm_device_plugin::config::{DEFAULT_GUESTS_DIR, HostConfig};
 use wasm_device_plugin::handout::DeviceNodes;
 use wasm_device_plugin::kubelet::RegistrationMode;
 use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
+use wasm_device_plugin::node::config::{DEFAULT_GUESTS_DIR, HostConfig};
 use wasm_device_plugin::runtime::{CompileBudget, Compiler};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -39,7 +39,7 @@ pub struct NodeArgs {
     #[arg(long, env = "WDP_TRUSTED_KEYS")]
     pub trusted_keys: Option<PathBuf>,
     /// Node directory for CDI specs written by guests.
-    #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::config::DEFAULT_CDI_DIR)]
+    #[arg(long, env = "WDP_CDI_DIR", default_value = wasm_device_plugin::node::config::DEFAULT_CDI_DIR)]
     pub cdi_dir: PathBuf,
     /// The host root is a fixture tree built without root: plain files stand in for
     /// device nodes. Never on a real node, where only character and block devices are

@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use kubelet_api::v1beta1 as pb;
 use testkit::SimNode;
 use testkit::kubelet::KubeletStandIn;
-use wasm_device_plugin::config::HostConfig;
+use wasm_device_plugin::node::HostConfig;
 use wasm_device_plugin::node::Node;
 use wasm_device_plugin::runtime::{CompileBudget, Compiler};
 

@@ -1,7 +1,7 @@
 //! What one guest is allowed: the capability set every layer checks against.
 //!
 //! Deny by default: [`Grant::none`] allows nothing, and an operator widens it per guest
-//! (see `config::policy`). The host functions check reads, CDI writes and the kernel log
+//! (see `crate::policy`). The host functions check reads, CDI writes and the kernel log
 //! against it; the `handout` checks hold every allocation answer and CDI spec to it
 //! (device nodes, mounts, env, annotations, CDI names) before a container runtime sees
 //! them; the node holds resource names to it.

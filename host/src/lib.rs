@@ -11,18 +11,19 @@
 //!                          and answers) limits)     against grant)
 //! ```
 //!
-//! [`node`] assembles them from a [`config::HostConfig`]; [`device`] is the vocabulary
+//! [`node`] assembles them from a [`node::HostConfig`]; [`device`] is the vocabulary
 //! they share; [`wit`] holds the generated bindings of the guest contract.
 
-pub mod config;
 pub mod device;
 pub mod grant;
 pub mod guest_text;
 pub mod handout;
+pub mod host_root;
 pub mod hostfns;
 pub mod kubelet;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod resource;
 pub mod runtime;
 pub mod shutdown;

@@ -87,7 +87,7 @@ pub async fn inspect(guest: &Path, node: &NodeArgs) -> anyhow::Result<()> {
     for name in &info.exports {
         println!("  {name}");
     }
-    let policy = wasm_device_plugin::config::policy::GuestPolicy::for_guest(guest, &config.limits)?;
+    let policy = wasm_device_plugin::policy::GuestPolicy::for_guest(guest, &config.limits)?;
     match policy {
         None => println!("resources  (no policy beside it: not started)"),
         Some(policy) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use testkit::SimNode;
 use testkit::kubelet::KubeletStandIn;
-use wasm_device_plugin::config::HostConfig;
+use wasm_device_plugin::node::HostConfig;
 use wasm_device_plugin::node::Node;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasm-device-plugin");

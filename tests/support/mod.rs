@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use testkit::SimNode;
 use testkit::kubelet::KubeletStandIn;
-use wasm_device_plugin::config::HostConfig;
+use wasm_device_plugin::node::HostConfig;
 use wasm_device_plugin::node::Node;
-use wasm_device_plugin::runtime::limits::CallDeadlines;
+use wasm_device_plugin::policy::limits::CallDeadlines;
 
 /// How long a test waits for something the host should do within a second or two.
 pub const WAIT: Duration = Duration::from_secs(15);

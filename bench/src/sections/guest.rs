@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasm_device_plugin::config::policy::GuestPolicy;
+use wasm_device_plugin::policy::GuestLimits;
+use wasm_device_plugin::policy::GuestPolicy;
+use wasm_device_plugin::runtime::Runtime;
 use wasm_device_plugin::runtime::cache::CompileCache;
-use wasm_device_plugin::runtime::{GuestLimits, Runtime};
 
 use crate::Ctx;
 use crate::fixture::{Fixture, GPU, GuestKind};

@@ -16,11 +16,12 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasm_device_plugin::config::policy::GuestPolicy;
 use wasm_device_plugin::device::ContainerAllocation;
 use wasm_device_plugin::grant::{Grant, glob};
 use wasm_device_plugin::handout::{self, DeviceNodes, NodeRoot};
-use wasm_device_plugin::runtime::{GuestLimits, Runtime};
+use wasm_device_plugin::policy::GuestLimits;
+use wasm_device_plugin::policy::GuestPolicy;
+use wasm_device_plugin::runtime::Runtime;
 
 use crate::Ctx;
 use crate::fixture::{Fixture, GPU, GuestKind};

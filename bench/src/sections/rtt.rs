@@ -326,11 +326,11 @@ async fn serve_inline(
     tokio::task::JoinHandle<()>,
 )> {
     use std::sync::Arc;
-    use wasm_device_plugin::config::policy::GuestPolicy;
     use wasm_device_plugin::device::{ResourceOptions, ResourceSpec};
     use wasm_device_plugin::kubelet::{KubeletConfig, plugin};
+    use wasm_device_plugin::policy::GuestLimits;
+    use wasm_device_plugin::policy::GuestPolicy;
     use wasm_device_plugin::resource::ResourceService;
-    use wasm_device_plugin::runtime::GuestLimits;
 
     let raw = Raw::new().map_err(werr)?;
     let pre = raw

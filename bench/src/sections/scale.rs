@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use kubelet_api::v1beta1 as pb;
 use pb::device_plugin_client::DevicePluginClient;
 use prost::Message;
-use wasm_device_plugin::config::policy::GuestPolicy;
 use wasm_device_plugin::node::Node;
+use wasm_device_plugin::policy::GuestLimits;
+use wasm_device_plugin::policy::GuestPolicy;
 use wasm_device_plugin::resource::Snapshot;
-use wasm_device_plugin::runtime::GuestLimits;
 
 use crate::Ctx;
 use crate::bare::{Bare, BareServer};

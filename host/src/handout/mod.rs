@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::hostfns::resolver::Resolver;
+use crate::host_root::resolver::Resolver;
 
 pub use allocation::check_allocation;
 pub use cdi_ledger::CdiLedger;

@@ -11,8 +11,8 @@ use std::path::{Component, Path};
 use super::{DeviceNodes, NodeRoot, Refused};
 use crate::grant::{Grant, MountGrant, NodeKind, glob, literal_prefix};
 use crate::guest_text;
-use crate::hostfns::node_file::FileKind as Found;
-use crate::hostfns::resolver::ResolveError;
+use crate::host_root::node_file::FileKind as Found;
+use crate::host_root::resolver::ResolveError;
 
 /// Longest path (Linux `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;

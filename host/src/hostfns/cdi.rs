@@ -24,10 +24,10 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::NodeAccess;
-use super::node_file::NodeFile;
-use super::resolver::ResolveError;
 use crate::guest_text;
 use crate::handout::{Refused, cdi_spec};
+use crate::host_root::node_file::NodeFile;
+use crate::host_root::resolver::ResolveError;
 use crate::wit::latest::cdi::Host;
 use crate::wit::latest::types::Error as WitError;
 

@@ -1,8 +1,8 @@
 //! `devfs` interface: look up device nodes under `/dev`.
 
 use super::NodeAccess;
-use super::node_file::FileKind;
 use crate::handout::DeviceNodes;
+use crate::host_root::node_file::FileKind;
 use crate::wit::latest::devfs::Host;
 use crate::wit::latest::types::{DevNode, Error as WitError, NodeKind};
 
@@ -16,7 +16,7 @@ impl Host for NodeAccess {
         // Opened O_PATH: the device's driver never sees an `open`.
         let node = match self.resolver().open(&path) {
             Ok(node) => node,
-            Err(super::resolver::ResolveError::NotFound { .. }) => return Ok(None),
+            Err(crate::host_root::resolver::ResolveError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let stat = node

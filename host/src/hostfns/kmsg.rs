@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use rustix::io::Errno;
 
 use super::NodeAccess;
-use super::node_file::{Access, FileKind};
+use crate::host_root::node_file::{Access, FileKind};
 use crate::wit::latest::kmsg::Host;
 use crate::wit::latest::types::Error as WitError;
 

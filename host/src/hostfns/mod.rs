@@ -2,8 +2,8 @@
 //!
 //! One module per WIT interface (`sysfs`, `pci`, `devfs`, `log`), each implementing that
 //! interface's `Host` trait on [`NodeAccess`], the per-guest capability object. Every path
-//! goes through [`resolver::Resolver`], which applies the host root and the guest's grant
-//! and opens the node in the same step ([`node_file::NodeFile`]).
+//! goes through [`crate::host_root::resolver::Resolver`], which applies the host root and the guest's grant
+//! and opens the node in the same step ([`crate::host_root::node_file::NodeFile`]).
 //! Nothing here traps: failures are WIT `error` values with a message for the operator.
 //! These modules know the WIT types but not wasmtime's runtime, so each is testable as
 //! plain Rust (call the trait methods directly).
@@ -12,9 +12,7 @@ pub mod cdi;
 pub mod devfs;
 pub mod kmsg;
 pub mod log;
-pub mod node_file;
 pub mod pci;
-pub mod resolver;
 pub mod sysfs;
 
 use std::path::PathBuf;
@@ -23,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::grant::Grant;
 use crate::handout::{CdiLedger, DeviceNodes, NodeRoot};
+use crate::host_root::resolver::{ResolveError, Resolver};
 use crate::wit::latest::types::Error as WitError;
-use resolver::{ResolveError, Resolver};
 
 /// The capability object behind every host function of one guest. Cloned into each
 /// new instance of the guest, so state that must survive an instance rebuild (the

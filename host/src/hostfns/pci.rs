@@ -5,8 +5,8 @@
 //! driver, IOMMU group and SR-IOV parent) instead of each vendor re-implementing it.
 
 use super::NodeAccess;
-use super::node_file::NodeFile;
 use super::sysfs::MAX_FILE_BYTES;
+use crate::host_root::node_file::NodeFile;
 use crate::wit::latest::pci::Host;
 use crate::wit::latest::types::{Error as WitError, PciDevice};
 

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::Path;
 
 use super::NodeAccess;
-use super::node_file::{Access, FileKind, NodeError, NodeFile};
 use crate::grant::Grant;
+use crate::host_root::node_file::{Access, FileKind, NodeError, NodeFile};
 use crate::wit::latest::sysfs::Host;
 use crate::wit::latest::types::Error as WitError;
 

@@ -7,8 +7,8 @@ use super::guest_task::{accept_resources, load_guest};
 use super::guests_dir;
 use super::ownership::Claims;
 use super::{NodeError, Skipped};
-use crate::config::HostConfig;
 use crate::device::{Device, ResourceSpec};
+use crate::node::HostConfig;
 use crate::resource::service::MAX_DEVICES;
 use crate::resource::snapshot::Snapshot;
 

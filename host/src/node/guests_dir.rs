@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::NodeError;
-use crate::config::policy::policy_path;
+use crate::policy::policy_path;
 use crate::runtime::signature::signature_path;
 
 /// Extensions of the optional configuration file beside `<name>.wasm`.

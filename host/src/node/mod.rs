@@ -2,6 +2,7 @@
 //! plug-in per accepted resource, and follows the directory as operators change it.
 
 pub mod check;
+pub mod config;
 mod guest_task;
 mod guests_dir;
 mod ops;
@@ -9,6 +10,7 @@ pub mod ownership;
 mod status_board;
 mod supervisor;
 
+pub use config::HostConfig;
 pub use guests_dir::CONFIG_EXTENSIONS;
 
 use std::path::PathBuf;
@@ -18,7 +20,6 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::HostConfig;
 use crate::kubelet::pod_resources;
 use crate::resource::ResourceService;
 use crate::runtime::Runtime;

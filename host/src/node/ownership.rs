@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use super::guests_dir::GuestFiles;
-use crate::config::policy::GuestPolicy;
-use crate::runtime::GuestLimits;
+use crate::policy::GuestLimits;
+use crate::policy::GuestPolicy;
 
 /// What each guest's policy claims.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use super::guest_task::{GuestTaskHandle, LoadRequest};
 use super::guests_dir::{self, Fingerprint};
 use super::ownership::Claims;
 use super::status_board::StatusBoard;
-use crate::config::HostConfig;
+use crate::node::HostConfig;
 use crate::runtime::Runtime;
 use crate::shutdown;
 

@@ -14,7 +14,7 @@ use crate::grant::Grant;
 use crate::handout::{self, NodeRoot};
 use crate::metrics::metrics;
 use crate::runtime::GuestError;
-use crate::wit::latest::types::Error as WitError;
+use crate::runtime::error::ReportedKind;
 
 /// Consecutive failed enumerations after which the resource's devices are reported
 /// unhealthy (kept listed, so node capacity holds while allocatable drops to zero).
@@ -40,7 +40,7 @@ impl From<GuestError> for ServiceError {
         let message = e.to_string();
         match e {
             GuestError::Reported {
-                error: WitError::InvalidArgument(_) | WitError::NotFound(_),
+                kind: ReportedKind::InvalidArgument | ReportedKind::NotFound,
                 ..
             } => ServiceError::InvalidArgument(message),
             GuestError::Deadline { .. } => ServiceError::DeadlineExceeded(message),
@@ -413,7 +413,8 @@ mod tests {
         GuestError::Reported {
             guest: "fake".into(),
             call: "test",
-            error: WitError::Other(message.into()),
+            kind: ReportedKind::Other,
+            message: message.into(),
         }
     }
 

@@ -11,12 +11,12 @@ use std::sync::atomic::AtomicU64;
 
 use super::cache::CompileCache;
 use super::compiler::Compiler;
-use super::limits::GuestLimits;
 use super::refusals::Refusals;
 use super::signature::TrustedKeys;
 use super::state::GuestState;
 use crate::handout::DeviceNodes;
 use crate::hostfns::NodeAccess;
+use crate::policy::GuestLimits;
 use crate::wit::latest;
 
 /// How often the epoch advances; wall-clock deadlines are counted in these ticks.

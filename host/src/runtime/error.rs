@@ -11,11 +11,13 @@ use crate::wit::latest::types::Error as WitError;
 #[derive(Debug, Error)]
 pub enum GuestError {
     /// The guest answered with an error value.
-    #[error("guest {guest} {call}: {}", describe(error))]
+    #[error("guest {guest} {call}: {kind}: {}", clean(message))]
     Reported {
         guest: String,
         call: &'static str,
-        error: WitError,
+        kind: ReportedKind,
+        /// The guest's own text, unsanitized: cleaned wherever it is shown.
+        message: String,
     },
     /// The guest trapped (panic, out-of-bounds access, out of memory...). The instance
     /// was discarded and is rebuilt for the next call.
@@ -47,26 +49,61 @@ pub enum GuestError {
     Unavailable { guest: String, reason: String },
 }
 
-impl GuestError {
-    /// The WIT error the guest returned, if that is what happened.
-    pub fn reported(&self) -> Option<&WitError> {
-        match self {
-            GuestError::Reported { error, .. } => Some(error),
-            _ => None,
-        }
+/// The kind of error a guest reported: the WIT `error` variant's cases, in host terms,
+/// so that the layers above `runtime` never see generated bindings (a new contract
+/// version maps its own variant onto these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedKind {
+    InvalidConfig,
+    InvalidArgument,
+    NotFound,
+    Denied,
+    Io,
+    Other,
+}
+
+impl std::fmt::Display for ReportedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReportedKind::InvalidConfig => "invalid config",
+            ReportedKind::InvalidArgument => "invalid argument",
+            ReportedKind::NotFound => "not found",
+            ReportedKind::Denied => "denied",
+            ReportedKind::Io => "i/o error",
+            ReportedKind::Other => "error",
+        })
     }
 }
 
-/// An operator-facing rendering of a guest's error value: `kind: message`, the message
-/// cleaned of control characters and cut to a bounded length (it is the guest's text).
-pub fn describe(error: &WitError) -> String {
-    let (kind, message) = match error {
-        WitError::InvalidConfig(m) => ("invalid config", m),
-        WitError::InvalidArgument(m) => ("invalid argument", m),
-        WitError::NotFound(m) => ("not found", m),
-        WitError::Denied(m) => ("denied", m),
-        WitError::Io(m) => ("i/o error", m),
-        WitError::Other(m) => ("error", m),
-    };
-    format!("{kind}: {}", clean(message))
+/// Splits the guest's error value into its kind and message.
+fn from_wit(error: WitError) -> (ReportedKind, String) {
+    match error {
+        WitError::InvalidConfig(m) => (ReportedKind::InvalidConfig, m),
+        WitError::InvalidArgument(m) => (ReportedKind::InvalidArgument, m),
+        WitError::NotFound(m) => (ReportedKind::NotFound, m),
+        WitError::Denied(m) => (ReportedKind::Denied, m),
+        WitError::Io(m) => (ReportedKind::Io, m),
+        WitError::Other(m) => (ReportedKind::Other, m),
+    }
+}
+
+impl GuestError {
+    /// A guest's error value from a call, as the host reports it.
+    pub fn reported(guest: &str, call: &'static str, error: WitError) -> Self {
+        let (kind, message) = from_wit(error);
+        GuestError::Reported {
+            guest: guest.to_owned(),
+            call,
+            kind,
+            message,
+        }
+    }
+
+    /// The kind of error the guest reported, if that is what happened.
+    pub fn reported_kind(&self) -> Option<ReportedKind> {
+        match self {
+            GuestError::Reported { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }

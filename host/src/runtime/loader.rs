@@ -20,7 +20,7 @@ use super::engine::Runtime;
 use super::error::GuestError;
 use super::guest::Guest;
 use super::signature::SignatureError;
-use crate::config::policy::GuestPolicy;
+use crate::policy::GuestPolicy;
 use crate::wit::latest::DevicePluginPre;
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";

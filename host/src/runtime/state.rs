@@ -4,8 +4,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::limits::GuestLimits;
 use crate::hostfns::NodeAccess;
+use crate::policy::GuestLimits;
 
 /// Resource-table handles one guest may hold (WASI streams and the like).
 const MAX_TABLE_ENTRIES: usize = 1024;

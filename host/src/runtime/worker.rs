@@ -19,9 +19,9 @@ use wasmtime::Store;
 
 use super::engine::ticks;
 use super::error::GuestError;
-use super::limits::GuestLimits;
 use super::state::GuestState;
 use crate::hostfns::NodeAccess;
+use crate::policy::GuestLimits;
 use crate::wit::latest::plugin::Guest as PluginExports;
 use crate::wit::latest::release_hook::{ReleaseHook, ReleaseHookIndices};
 use crate::wit::latest::types::Error as WitError;
@@ -250,11 +250,7 @@ impl Worker {
         match outcome {
             Ok(answer) => {
                 self.live = Some(Live { store, bindings });
-                answer.map_err(|error| GuestError::Reported {
-                    guest: self.name.clone(),
-                    call,
-                    error,
-                })
+                answer.map_err(|error| GuestError::reported(&self.name, call, error))
             }
             // The instance is poisoned after a trap: drop it (`live` stays `None`).
             Err(e) => {
@@ -295,11 +291,7 @@ impl Worker {
         let bindings = Bindings { plugin, release };
         match bindings.plugin().call_configure(&mut store, &self.config) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
-            Ok(Err(error)) => Err(GuestError::Reported {
-                guest: self.name.clone(),
-                call: "configure",
-                error,
-            }),
+            Ok(Err(error)) => Err(GuestError::reported(&self.name, "configure", error)),
             Err(e) => {
                 let refused = store.data().limits.memory_refused;
                 Err(self.fault("configure", budget, e, refused))

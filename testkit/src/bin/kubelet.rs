@@ -63,7 +63,7 @@ async fn run(dir: PathBuf, resource: &str, count: usize) -> Result<Value, String
         .wait_for_registrations(resource, 1, WAIT)
         .await?
         .remove(0);
-    let options = registration.options.clone().unwrap_or_default();
+    let options = registration.options.unwrap_or_default();
     let view = kubelet
         .wait_for(resource, WAIT, |v| v.connected && v.updates > 0)
         .await?;

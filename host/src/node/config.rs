@@ -1,7 +1,5 @@
-//! The host's configuration: where the node, the guests and the kubelet are, and each
-//! guest's policy.
-
-pub mod policy;
+//! The host's configuration: where the node, the guests and the kubelet are, and how
+//! often to look at them. Each guest's own policy is [`crate::policy`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +7,8 @@ use std::time::Duration;
 use crate::handout::{DeviceNodes, NodeRoot};
 use crate::kubelet::KubeletConfig;
 use crate::kubelet::pod_resources::PodResourcesConfig;
-use crate::runtime::{Compiler, GuestLimits};
+use crate::policy::GuestLimits;
+use crate::runtime::Compiler;
 
 /// Where operators mount guests (a ConfigMap volume) by default.
 pub const DEFAULT_GUESTS_DIR: &str = "/etc/wasm-device-plugin/guests";

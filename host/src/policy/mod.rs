@@ -5,6 +5,10 @@
 //! advertise nothing. The policy is the host's, never the guest's: the guest's own
 //! configuration (`<name>.json`) goes to the guest and cannot widen its grant.
 
+pub mod limits;
+
+pub use limits::{CallDeadlines, GuestLimits};
+
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +18,6 @@ use thiserror::Error;
 
 use crate::grant::{DeviceGrant, Grant, MountGrant, NodeKind};
 use crate::handout;
-use crate::runtime::GuestLimits;
 
 /// File name suffix of a guest's policy (`nvidia-gpu.policy.json`).
 pub const POLICY_SUFFIX: &str = "policy.json";
