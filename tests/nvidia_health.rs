@@ -135,20 +135,49 @@ async fn xid_storm_marks_only_the_gpu_with_critical_xids() {
     wait_until(&h, GPU, |v| v.allocatable() == MIXED_OFFERED).await;
 }
 
-/// XIDs logged before the guest starts are still in the kernel's buffer: the first read acts on them.
+/// XIDs logged before the host started (still in the kernel's buffer after a restart,
+/// a rollout or an upgrade) are the past: they do not take a GPU out of service again.
+/// One logged after the start does, for that GPU alone; and a reload of the guest (its
+/// configuration edited) reads again what was logged since the start, forgetting none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xids_already_in_the_buffer_count_at_start() {
+async fn xids_from_before_the_start_are_not_replayed() {
     let h = mixed().await;
     h.node
         .log_xid("0000:89:00.0", 79)
         .expect("xid before start");
     let h = serve(h, None, testkit::guests::NVIDIA_GPU_POLICY).await;
     let e = uuid(&h, "0000:89:00.0");
+    // Several rescans: the old XID never counts.
     let view = wait_until(&h, GPU, |v| {
-        v.devices.len() == MIXED_OFFERED && is_unhealthy(v, &e)
+        v.updates >= 1 && v.devices.len() == MIXED_OFFERED
     })
     .await;
-    assert_eq!(view.allocatable(), MIXED_OFFERED - 1);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let view = h.kubelet.resource(GPU).unwrap_or(view);
+    assert_eq!(view.allocatable(), MIXED_OFFERED, "{view:?}");
+
+    h.node.log_xid("0000:89:00.0", 79).expect("xid after start");
+    let view = wait_until(&h, GPU, |v| is_unhealthy(v, &e)).await;
+    assert_eq!(view.allocatable(), MIXED_OFFERED - 1, "{view:?}");
+
+    // A reload (device IDs switched to indexes, so the new version is seen serving):
+    // it still knows the XID logged since the start.
+    std::fs::write(
+        h.guests_dir.join("nvidia-gpu.json"),
+        r#"{"deviceIdStrategy":"index"}"#,
+    )
+    .expect("edit the guest's configuration");
+    let minor = h
+        .node
+        .gpus()
+        .iter()
+        .find(|g| g.address == "0000:89:00.0")
+        .expect("the GPU")
+        .minor
+        .to_string();
+    let view = wait_until(&h, GPU, |v| v.devices.iter().any(|d| d.id == minor)).await;
+    assert!(is_unhealthy(&view, &minor), "{view:?}");
+    assert_eq!(view.allocatable(), MIXED_OFFERED - 1, "{view:?}");
 }
 
 /// `recoveryQuietSeconds: null` keeps a GPU Unhealthy after an XID, as NVIDIA's plug-in does.

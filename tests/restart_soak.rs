@@ -267,3 +267,47 @@ async fn a_host_restart_brings_back_the_same_device_ids() {
     }
     h.stop_host().await;
 }
+
+/// A host killed before it could clean up (SIGKILL, OOM) leaves its sockets in the
+/// device-plugin directory, where the kubelet would keep them until its own restart.
+/// The next start removes those, and only those: another plug-in's socket, dead or
+/// alive, stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_removes_the_sockets_a_killed_host_left_and_no_one_elses() {
+    let mut h = Harness::empty().await;
+    add_widgets(&h.node, "widget", &widgets(2));
+    h.add_guest("widgets", testkit::guests::CONFORMANCE_WASM, None);
+    let dir = h.plugin_dir.clone();
+    // What a killed run leaves: its sockets, with nobody listening on them.
+    let left = [
+        wasm_device_plugin::kubelet::socket::unique_name(WIDGET, &dir),
+        wasm_device_plugin::kubelet::socket::unique_name("example.com/other", &dir),
+    ];
+    for name in &left {
+        drop(std::os::unix::net::UnixListener::bind(dir.join(name)).expect("bind"));
+    }
+    // Another plug-in's: one crashed, one serving.
+    drop(std::os::unix::net::UnixListener::bind(dir.join("vendor-x.sock")).expect("bind"));
+    let _serving = std::os::unix::net::UnixListener::bind(dir.join("vendor-y.sock")).expect("bind");
+
+    h.start_host().await;
+    h.kubelet
+        .wait_for(WIDGET, WAIT, |v| v.connected && v.devices.len() == 2)
+        .await
+        .expect("the host serves");
+    let sockets = h.plugin_sockets();
+    for name in &left {
+        assert!(
+            !sockets.contains(name),
+            "{name} is still there: {sockets:?}"
+        );
+    }
+    for name in ["vendor-x.sock", "vendor-y.sock"] {
+        assert!(
+            sockets.iter().any(|s| s == name),
+            "{name} was removed: {sockets:?}"
+        );
+    }
+    // Besides the foreign two, exactly the socket now serving the widgets.
+    assert_eq!(sockets.len(), 3, "{sockets:?}");
+}

@@ -109,7 +109,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             init_logging(cli.log_format, "info");
-            runtime()?.block_on(run(args))
+            let runtime = runtime()?;
+            let result = runtime.block_on(run(args));
+            // Do not wait on a task still blocked in a hung kubelet's socket.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            result
         }
         #[cfg(feature = "demo")]
         Command::Demo => {
@@ -148,6 +152,11 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
+/// How long stopping may take after SIGTERM before the host exits anyway: inside the
+/// 5 s that operators plan a DaemonSet rollout with, and far inside the kubelet's
+/// default grace period (30 s). Whatever is left (a socket) the next start removes.
+const SHUTDOWN_BUDGET: std::time::Duration = std::time::Duration::from_secs(4);
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     tracing::info!(
@@ -156,10 +165,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kubelet = %config.kubelet.kubelet_socket().display(),
         "starting"
     );
-    let node = Node::start(config).await?;
-    wait_for_signal().await?;
+    // Listening first: a SIGTERM while guests still load ends the start-up too.
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    let node = tokio::select! {
+        node = Node::start(config) => node?,
+        result = &mut signal => {
+            result?;
+            tracing::info!("stopping before start-up finished");
+            return Ok(());
+        }
+    };
+    signal.await?;
     tracing::info!("stopping: deregistering and removing sockets");
-    node.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_BUDGET, node.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            budget = ?SHUTDOWN_BUDGET,
+            "stopping took longer than its budget; exiting anyway (the next start removes sockets left behind)"
+        );
+    }
     Ok(())
 }
 

@@ -3,10 +3,16 @@
 //! Reads `/dev/kmsg` under the host root. On a node each `read` returns one record
 //! (`prio,seq,usec,flags;message`, continuation lines start with a space); in fixture
 //! trees the same records are lines of a plain file. The guest's cursor (the last
-//! sequence number handed out) survives instance rebuilds, so an XID is reported once.
+//! sequence number handed out) survives instance rebuilds, so an XID is reported once
+//! to a guest. It starts at the newest record when the host started
+//! ([`newest_sequence`]): what was logged before a restart or a rollout is not reported
+//! again as new (a GPU that was reset and is fine stays in service), while a guest
+//! reloaded after a ConfigMap edit reads again what was logged since the host started,
+//! so it forgets no XID of this run. The price: an XID logged while no host was running
+//! is not reported (the sysfs checks still see a GPU that is gone or a degraded link).
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use rustix::io::Errno;
@@ -54,6 +60,29 @@ impl Host for NodeAccess {
         }
         self.kmsg_seen.store(newest, Ordering::Relaxed);
         Ok(lines)
+    }
+}
+
+/// The sequence number of the newest record in the kernel log under `host_root` now
+/// ([`NOTHING_SEEN`] when it cannot be read: then nothing is skipped).
+pub fn newest_sequence(host_root: &Path) -> i64 {
+    let access = NodeAccess::new(
+        "host",
+        host_root,
+        std::sync::Arc::new(crate::grant::Grant::none()),
+        "/",
+    );
+    match access.read_kmsg() {
+        Ok(text) => text
+            .lines()
+            .filter_map(parse_record)
+            .map(|(seq, _)| seq)
+            .max()
+            .unwrap_or(NOTHING_SEEN),
+        Err(e) => {
+            tracing::debug!(error = %e, "the kernel log cannot be read at start; no cursor");
+            NOTHING_SEEN
+        }
     }
 }
 
@@ -148,6 +177,36 @@ mod tests {
         let second = rebuilt.read_new("NVRM: Xid".into()).unwrap();
         assert_eq!(second.len(), 1);
         assert!(second[0].contains("48"));
+    }
+
+    #[test]
+    fn records_from_before_the_start_are_not_news() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let kmsg = dir.path().join("dev/kmsg");
+        assert_eq!(
+            newest_sequence(dir.path()),
+            NOTHING_SEEN,
+            "no log: no cursor"
+        );
+        std::fs::write(
+            &kmsg,
+            "4,7,5,-;NVRM: Xid (PCI:0000:18:00): 79, pid=1, GPU has fallen off the bus.\n",
+        )
+        .unwrap();
+        let start = newest_sequence(dir.path());
+        assert_eq!(start, 7);
+        let mut a = access(dir.path(), true).with_kmsg_start(start);
+        assert!(a.read_new("NVRM: Xid".into()).unwrap().is_empty());
+        let mut more = std::fs::read_to_string(&kmsg).unwrap();
+        more.push_str("4,8,9,-;NVRM: Xid (PCI:0000:18:00): 48, pid=2, DBE\n");
+        std::fs::write(&kmsg, more).unwrap();
+        let news = a.read_new("NVRM: Xid".into()).unwrap();
+        assert_eq!(news.len(), 1);
+        assert!(news[0].contains("48"), "{news:?}");
+        // A new version of the guest (a reload) reads again from the start, not from 0.
+        let mut reloaded = access(dir.path(), true).with_kmsg_start(start);
+        assert_eq!(reloaded.read_new("NVRM: Xid".into()).unwrap(), news);
     }
 
     #[test]

@@ -65,6 +65,13 @@ impl NodeAccess {
         self
     }
 
+    /// Reads the kernel log after record `seq` only (the newest when the host started,
+    /// see [`kmsg::newest_sequence`]): older records are not news.
+    pub fn with_kmsg_start(mut self, seq: i64) -> Self {
+        self.kmsg_seen = Arc::new(AtomicI64::new(seq));
+        self
+    }
+
     /// The CDI devices this guest wrote through the host, shared with every clone.
     pub fn cdi_ledger(&self) -> &CdiLedger {
         &self.cdi_ledger

@@ -147,7 +147,14 @@ async fn register_until_done(
             options: Some(options),
         };
         let seen = socket::identity(&kubelet_socket);
-        match registration::register(&kubelet_socket, request, config.register_timeout).await {
+        // A kubelet that accepts the connection and then hangs must not hold a SIGTERM
+        // up for the whole registration timeout.
+        let attempt = registration::register(&kubelet_socket, request, config.register_timeout);
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = shutdown::requested(shutdown) => return Err(Restart::Shutdown),
+        };
+        match result {
             Ok(()) => {
                 tracing::info!(endpoint = %serving.endpoint(), "registered with the kubelet");
                 metrics().count(&metrics().registrations, resource.name(), true);

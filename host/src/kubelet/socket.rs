@@ -24,6 +24,12 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
+/// What marks a socket name as this host's: `<resource>.wdp-<start>-<n>.sock`. The
+/// start-up clean-up removes only names with this mark ([`remove_stale`]).
+const MARK: &str = ".wdp-";
+/// How long a dial may take to tell a live socket from a stale one.
+const STALE_DIAL: Duration = Duration::from_secs(1);
+
 /// A socket file name never used before by this host, nor by an earlier run of it (a
 /// restarted container has the same PID, so the start time is part of the name). A
 /// fresh name per registration keeps kubelets from confusing a new registration with the
@@ -36,7 +42,7 @@ pub fn unique_name(resource: &str, dir: &Path) -> String {
             .unwrap_or(0)
     });
     let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!("-{}-{n}.sock", radix36(*started));
+    let suffix = format!("{MARK}{}-{n}.sock", radix36(*started));
     let mut stem: String = resource
         .chars()
         .map(|c| {
@@ -66,6 +72,63 @@ fn radix36(mut n: u64) -> String {
     }
     out.reverse();
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Whether `name` is a socket name this host makes (or the hidden name it binds under
+/// first): `<stem>.wdp-<base36>-<decimal>.sock`, optionally with a leading `.`.
+pub fn is_ours(name: &str) -> bool {
+    let name = name.strip_prefix('.').unwrap_or(name);
+    let Some(tail) = name
+        .strip_suffix(".sock")
+        .and_then(|rest| rest.rsplit_once(MARK))
+        .map(|(stem, tail)| (!stem.is_empty()).then_some(tail))
+        .and_then(|tail| tail)
+    else {
+        return false;
+    };
+    let Some((started, n)) = tail.split_once('-') else {
+        return false;
+    };
+    !started.is_empty()
+        && started
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Removes the sockets an earlier run of this host left in `dir` when it was killed
+/// before it could remove them (SIGKILL, OOM, a node crash): socket files with this
+/// host's names that nobody listens on. Another plug-in's sockets, whatever their
+/// state, and a live host's (two pods overlapping in a rollout) are left alone.
+pub async fn remove_stale(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_str().is_some_and(is_ours);
+        let socket = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        if !ours || !socket {
+            continue;
+        }
+        let dial = tokio::time::timeout(STALE_DIAL, tokio::net::UnixStream::connect(&path)).await;
+        // Only a refused connection proves nobody listens; a live or slow socket stays.
+        let Ok(Err(e)) = dial else { continue };
+        if e.kind() != io::ErrorKind::ConnectionRefused {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "cannot remove a stale socket of an earlier run")
+            }
+        }
+    }
+    removed
 }
 
 /// The identity of a file (device and inode): a recreated `kubelet.sock` has a new one.
@@ -188,11 +251,61 @@ mod tests {
         let b = unique_name("nvidia.com/gpu", dir);
         assert_ne!(a, b);
         assert!(
-            a.starts_with("nvidia.com_gpu-") && a.ends_with(".sock"),
+            a.starts_with("nvidia.com_gpu.wdp-") && a.ends_with(".sock"),
             "{a}"
         );
+        assert!(is_ours(&a) && is_ours(&format!(".{a}")), "{a}");
         let long = unique_name(&format!("{}.com/x", "a".repeat(250)), dir);
         assert!(dir.join(&long).as_os_str().len() <= MAX_SOCKET_PATH);
         assert!(!long.contains('/'));
+        assert!(is_ours(&long), "{long}");
+    }
+
+    #[test]
+    fn only_this_hosts_names_are_ours() {
+        for foreign in [
+            "kubelet.sock",
+            "nvidia-gpu.sock",
+            "nvidia.com_gpu-mx2f44o0-0.sock",
+            ".wdp-abc-1.sock",
+            "x.wdp-abc-.sock",
+            "x.wdp--1.sock",
+            "x.wdp-ABC-1.sock",
+            "x.wdp-abc-1.sock.bak",
+            "x.wdp-abc-1x.sock",
+        ] {
+            assert!(!is_ours(foreign), "{foreign}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_sockets_of_this_host_go_and_everything_else_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        // Dead sockets: bound, then the listener dropped (as a killed process leaves them).
+        let dead = |name: &str| drop(std::os::unix::net::UnixListener::bind(path(name)).unwrap());
+        dead("nvidia.com_gpu.wdp-mx2f44o0-0.sock");
+        dead(".nvidia.com_gpu.wdp-mx2f44o0-1.sock");
+        dead("nvidia-gpu.sock");
+        let _live =
+            std::os::unix::net::UnixListener::bind(path("example.com_w.wdp-mx3-0.sock")).unwrap();
+        std::fs::write(path("plain.wdp-mx2-0.sock"), b"not a socket").unwrap();
+
+        let mut removed = remove_stale(dir.path()).await;
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                path(".nvidia.com_gpu.wdp-mx2f44o0-1.sock"),
+                path("nvidia.com_gpu.wdp-mx2f44o0-0.sock")
+            ]
+        );
+        for kept in [
+            "nvidia-gpu.sock",
+            "example.com_w.wdp-mx3-0.sock",
+            "plain.wdp-mx2-0.sock",
+        ] {
+            assert!(path(kept).exists(), "{kept} must stay");
+        }
     }
 }

@@ -166,10 +166,12 @@ impl GuestTask {
                 }
             }
         }
-        let names: Vec<String> = self.served.keys().cloned().collect();
-        for resource in names {
-            self.stop_resource(&resource).await;
+        // All at once: each may wait out a kubelet that does not close its stream.
+        let mut stopping = JoinSet::new();
+        for (resource, served) in std::mem::take(&mut self.served) {
+            stopping.spawn(Self::stop_served(self.name.clone(), resource, served));
         }
+        while stopping.join_next().await.is_some() {}
         self.board.remove(&self.name);
         if self.loaded.is_some() {
             tracing::info!(guest = %self.name, "guest stopped; its resources are deregistered");
@@ -282,12 +284,16 @@ impl GuestTask {
     /// Deregisters a resource: its server stops, the kubelet's stream ends, the socket goes.
     async fn stop_resource(&mut self, resource: &str) {
         if let Some(served) = self.served.remove(resource) {
-            let _ = served.stop.send(true);
-            if let Err(e) = served.task.await {
-                tracing::warn!(resource, error = %e, "device plug-in task ended abnormally");
-            }
-            tracing::info!(resource, guest = %self.name, "resource deregistered");
+            Self::stop_served(self.name.clone(), resource.to_owned(), served).await;
         }
+    }
+
+    async fn stop_served(guest: String, resource: String, served: Served) {
+        let _ = served.stop.send(true);
+        if let Err(e) = served.task.await {
+            tracing::warn!(resource, error = %e, "device plug-in task ended abnormally");
+        }
+        tracing::info!(resource, %guest, "resource deregistered");
     }
 
     /// Re-enumerates this guest's resources concurrently; only changes reach the kubelet.

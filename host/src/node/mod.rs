@@ -120,6 +120,7 @@ impl Node {
             dir: config.guests_dir.clone(),
             source,
         })?;
+        remove_stale_sockets(&config.kubelet).await;
         let stats = runtime.stats();
         let (status_tx, status) = watch::channel(Status::default());
         let (shutdown, stop) = watch::channel(false);
@@ -206,6 +207,25 @@ impl Node {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a host task ended abnormally");
             }
+        }
+    }
+}
+
+/// An earlier run killed before it could clean up (SIGKILL, OOM) left its sockets; the
+/// kubelet would keep them until its own restart. Only this host's are removed.
+async fn remove_stale_sockets(kubelet: &crate::kubelet::KubeletConfig) {
+    let mut dirs = vec![kubelet.device_plugin_dir.clone()];
+    if let crate::kubelet::RegistrationMode::PluginWatcher { registry_dir } = &kubelet.mode {
+        dirs.push(registry_dir.clone());
+    }
+    for dir in dirs {
+        let removed = crate::kubelet::socket::remove_stale(&dir).await;
+        if !removed.is_empty() {
+            tracing::info!(
+                dir = %dir.display(),
+                sockets = ?removed,
+                "removed sockets an earlier run of this host left behind"
+            );
         }
     }
 }

@@ -65,10 +65,12 @@ impl Supervisor {
                 _ = reload.tick() => { self.sync().await; }
             }
         }
-        let stopping: Vec<_> = std::mem::take(&mut self.guests).into_values().collect();
-        for handle in stopping {
-            handle.stop().await;
+        // Every guest at once, so that shutdown takes as long as the slowest one.
+        let mut stopping = tokio::task::JoinSet::new();
+        for handle in std::mem::take(&mut self.guests).into_values() {
+            stopping.spawn(handle.stop());
         }
+        while stopping.join_next().await.is_some() {}
     }
 
     /// Brings the guest tasks in line with the guests directory. Returns receivers that

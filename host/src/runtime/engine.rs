@@ -38,6 +38,11 @@ pub struct Runtime {
     pub(crate) stats: Arc<LoadStats>,
     /// Per guest name, its threads stuck in host calls, across reloads.
     stuck: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
+    /// The newest kernel-log record when the host started. Every version of a guest
+    /// reads the kernel log from there: what was logged before a restart or rollout is
+    /// not replayed, and a reloaded guest (a ConfigMap edit) learns again what happened
+    /// since the start instead of forgetting it.
+    pub(crate) kmsg_start: i64,
 }
 
 /// Counts of how guests were obtained, for logs, metrics and tests.
@@ -64,6 +69,8 @@ impl Runtime {
         cdi_dir: impl Into<PathBuf>,
         limits: GuestLimits,
     ) -> wasmtime::Result<Self> {
+        let host_root = host_root.into();
+        let kmsg_start = crate::hostfns::kmsg::newest_sequence(&host_root);
         let engine = Engine::new(&engine_config())?;
 
         let mut linker: Linker<GuestState> = Linker::new(&engine);
@@ -92,7 +99,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             limits,
-            host_root: host_root.into(),
+            host_root,
             cdi_dir: cdi_dir.into(),
             device_nodes: DeviceNodes::Real,
             cache: None,
@@ -101,6 +108,7 @@ impl Runtime {
             trusted: None,
             stats: Arc::default(),
             stuck: Default::default(),
+            kmsg_start,
         })
     }
 

@@ -99,7 +99,8 @@ impl Guest {
     ) -> Result<Guest, GuestError> {
         let grant = Arc::new(policy.grant);
         let node = NodeAccess::new(name, &runtime.host_root, grant.clone(), &runtime.cdi_dir)
-            .with_device_nodes(runtime.device_nodes);
+            .with_device_nodes(runtime.device_nodes)
+            .with_kmsg_start(runtime.kmsg_start);
         let cdi_ledger = node.cdi_ledger().clone();
         // A guest without the optional export still links; it just is not told.
         let release_hook = ReleaseHookIndices::new(pre.instance_pre()).ok();
