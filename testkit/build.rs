@@ -18,6 +18,39 @@ const GUESTS: [(&str, &str); 6] = [
 /// Library crates of the guests workspace that guests build on (no `.wasm` of their own).
 const LIBRARIES: [&str; 1] = ["sdk"];
 
+/// The guests' target, pinned with the toolchain in rust-toolchain.toml.
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// Installs the guests' target when the toolchain lacks it. rustup installs what
+/// rust-toolchain.toml lists by itself, except where its auto-install is off
+/// (`RUSTUP_AUTO_INSTALL=0`); then the first build does it, or says the one command
+/// that does.
+fn ensure_guest_target(workspace: &std::path::Path) {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.as_deref().is_some_and(std::path::Path::is_dir) {
+        return;
+    }
+    println!(
+        "cargo:warning=the {GUEST_TARGET} target is not installed; running `rustup target add {GUEST_TARGET}`"
+    );
+    let added = Command::new("rustup")
+        .current_dir(workspace)
+        .args(["target", "add", GUEST_TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !added {
+        panic!(
+            "the guests need the {GUEST_TARGET} target, which is not installed and could not be added: run `rustup target add {GUEST_TARGET}` in the checkout"
+        );
+    }
+}
+
 fn main() {
     let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let workspace = manifest
@@ -57,17 +90,12 @@ fn main() {
             .unwrap_or_else(|| workspace.join("target"))
             .join("guests")
     });
+    ensure_guest_target(&workspace);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
         .current_dir(&guests)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-        ])
+        .args(["build", "--release", "--locked", "--target", GUEST_TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
     // What the outer build set for the host must not leak into the guests' build

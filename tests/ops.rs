@@ -113,3 +113,36 @@ async fn metrics_health_and_readiness_tell_the_operator_the_truth() {
     std::fs::remove_file(h.guests_dir.join("broken.wasm")).unwrap();
     eventually_get(addr, "/readyz", 200).await;
 }
+
+/// A client that connects and never finishes its request head is cut off (it would
+/// otherwise hold a connection forever), and a flood of such clients, more than the
+/// server serves at once, delays a probe but never starves it. (No guests: this test
+/// touches no metric the other one reads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_cannot_starve_the_probes() {
+    let mut h = Harness::empty().await;
+    let mut config = h.config();
+    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    h.start_host_with(config).await;
+    let addr = h.host().ops_addr().expect("ops endpoint bound");
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .await
+        .expect("half a request");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, slow.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the server kept a half-sent request open: {closed:?}"
+    );
+
+    let max = wasm_device_plugin::node::ops::MAX_CONNECTIONS;
+    let mut flood = Vec::new();
+    for _ in 0..max + 8 {
+        flood.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let probe = tokio::time::timeout(WAIT, get(addr, "/healthz")).await;
+    assert_eq!(probe.expect("the probe was answered").0, 200);
+    drop(flood);
+}

@@ -34,6 +34,9 @@ pub struct NodeArgs {
     /// (use an emptyDir; never a directory others can write).
     #[arg(long, env = "WDP_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// MiB of compiled guests kept in --cache-dir; the least recently used go first.
+    #[arg(long, env = "WDP_CACHE_MAX_MIB", default_value_t = 256)]
+    pub cache_max_mib: u64,
     /// File of trusted Ed25519 public keys (hex, one per line); when set, only guests
     /// with a valid <name>.wasm.sig load.
     #[arg(long, env = "WDP_TRUSTED_KEYS")]
@@ -77,6 +80,7 @@ impl NodeArgs {
         };
         let mut config = HostConfig::new(&self.host_root, &self.guests_dir, device_plugin_dir);
         config.cache_dir = self.cache_dir.clone();
+        config.cache_max_bytes = self.cache_max_mib.saturating_mul(1 << 20);
         config.trusted_keys = self.trusted_keys.clone();
         config.cdi_dir = self.cdi_dir.clone();
         config.compiler = Compiler::this_executable(budget)

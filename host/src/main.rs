@@ -96,7 +96,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    config_file::load_as_env_defaults()?;
+    config_file::load_as_env_defaults(&<Cli as clap::CommandFactory>::command())?;
     let cli = Cli::parse();
     // Built only for the commands that need it: the compiler child must not spend its
     // address-space budget on worker threads.

@@ -225,3 +225,52 @@ fn compile_budget_flags_are_checked() {
     let help = stdout(&run(&["--help"], &[]));
     assert!(!help.contains("compile-guest"), "{help}");
 }
+
+/// A typo in the config file (`guest-dir`) is an error naming the key and the flag it
+/// probably meant, not a setting silently ignored.
+#[test]
+fn an_unknown_config_file_key_is_refused_by_name() {
+    let (dir, root, guests) = node();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"host-root": {:?}, "guest-dir": {:?}}}"#,
+            root.display().to_string(),
+            guests.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = run(&["check", "--config", &config.display().to_string()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(r#"unknown key "guest-dir""#) && stderr.contains(r#""guests-dir""#),
+        "{stderr}"
+    );
+}
+
+/// Arguments that are not UTF-8 (paths on Linux are bytes) get an error, never a panic.
+#[test]
+fn arguments_that_are_not_utf8_get_an_error_not_a_panic() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let bad = OsStr::from_bytes(b"/tmp/\xff\xfe");
+    for args in [
+        vec![OsStr::new("check"), OsStr::new("--guests-dir"), bad],
+        vec![OsStr::new("check"), OsStr::new("--config"), bad],
+        vec![OsStr::new("run"), OsStr::new("--metrics-addr"), bad],
+        vec![OsStr::new("--log-format"), bad, OsStr::new("check")],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("WDP_CONFIG")
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.trim().is_empty(), "{args:?}: no error message");
+    }
+}

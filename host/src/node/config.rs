@@ -42,6 +42,8 @@ pub struct HostConfig {
     pub reload_interval: Duration,
     /// Host-private directory for compiled guests (none: compile at every start).
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes of compiled guests kept there (least recently used go first).
+    pub cache_max_bytes: u64,
     /// Where guests are compiled: in process by default (tests, embedders); the binary
     /// compiles each in a child process within a budget, so that a compile bomb is
     /// refused instead of stalling or OOM-killing the host.
@@ -76,6 +78,7 @@ impl HostConfig {
             cdi_dir: PathBuf::from(DEFAULT_CDI_DIR),
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             cache_dir: None,
+            cache_max_bytes: crate::runtime::cache::DEFAULT_MAX_BYTES,
             compiler: Compiler::InProcess,
             trusted_keys: None,
             pod_resources: None,

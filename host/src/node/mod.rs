@@ -5,7 +5,7 @@ pub mod check;
 pub mod config;
 mod guest_task;
 mod guests_dir;
-mod ops;
+pub mod ops;
 pub mod ownership;
 mod status_board;
 mod supervisor;
@@ -84,12 +84,12 @@ pub fn runtime(config: &HostConfig) -> Result<Runtime, NodeError> {
     .with_device_nodes(config.device_nodes)
     .with_compiler(config.compiler.clone());
     if let Some(dir) = &config.cache_dir {
-        match CompileCache::open(dir) {
+        match CompileCache::open_with_budget(dir, config.cache_max_bytes) {
             Ok(cache) => runtime = runtime.with_cache(cache),
             Err(e) => tracing::warn!(
                 dir = %dir.display(),
                 error = %e,
-                "compiled-guest cache unavailable; guests are compiled at every start"
+                "compiled-guest cache refused; guests are compiled at every start until --cache-dir names a directory of the host's own"
             ),
         }
     }

@@ -4,32 +4,51 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::Status;
 use crate::metrics::metrics;
 use crate::shutdown;
 
 /// Binds `addr` at start-up, so that a taken port fails the start rather than later.
-pub(super) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Connections served at once; more wait in the listen backlog. Probes and a scraper
+/// need a handful; the cap keeps a flood from costing the host memory and tasks.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request head (a slow client, or one that
+/// connects and sends nothing, is cut off instead of holding a connection forever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection may last, whatever it does.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Serves the three endpoints on `listener` until `stop`.
-pub(super) async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     status: watch::Receiver<Status>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            _ = shutdown::requested(&mut stop) => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (stream, _) = tokio::select! {
             _ = shutdown::requested(&mut stop) => return,
             accepted = listener.accept() => match accepted {
@@ -42,12 +61,21 @@ pub(super) async fn serve(
         };
         let status = status.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| answer(request, status.clone()));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
+            // One request per connection (probes and scrapers reconnect), its head
+            // within HEADER_READ_TIMEOUT, the whole within CONNECTION_DEADLINE.
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics endpoint: connection ended with an error")
+                }
+                Err(_) => tracing::debug!("metrics endpoint: connection cut off at its deadline"),
             }
         });
     }
