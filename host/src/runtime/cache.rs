@@ -431,7 +431,7 @@ mod tests {
     fn the_least_recently_used_entries_go_first_over_the_budget() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache");
-        let cache = CompileCache::open(&path).unwrap();
+        CompileCache::open(&path).unwrap();
         let day = std::time::Duration::from_secs(86_400);
         for (name, age) in [("old", 3), ("middle", 2), ("new", 1)] {
             let entry = path.join(format!("{name}.{ENTRY_EXTENSION}"));
