@@ -40,39 +40,11 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 /// interval; IDs still assigned elsewhere, and an unreachable API, release nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_devices_reach_the_guest_within_one_poll() {
-    let mut h = Harness::empty().await;
-    add_widgets(&h.node, "widget", &widgets(3));
-    for id in ["w0", "w1", "w2"] {
-        std::fs::write(h.node.path(&format!("/sys/class/widget/{id}/released")), "").unwrap();
-    }
-    let config = json!({ "resources": [{ "name": WIDGET, "class": "widget" }] }).to_string();
-    h.add_guest_with_policy(
-        "widgets",
-        testkit::guests::CONFORMANCE_WASM,
-        Some(&config),
-        Some(POLICY),
-    );
-    let pod_resources =
-        PodResourcesStandIn::start(&h.tmp.path().join("pod-resources/kubelet.sock")).unwrap();
-    let assign = |pod: &str, ids: &[&str]| Assignment {
-        pod: pod.into(),
-        container: "main".into(),
-        resource: WIDGET.into(),
-        device_ids: ids.iter().map(|s| s.to_string()).collect(),
-    };
+    let (h, pod_resources) = serving_with_pod_resources().await;
+    let seen = pod_resources.lists();
     pod_resources.set(vec![assign("a", &["w0", "w1"]), assign("b", &["w2"])]);
-    let mut host_config = h.config();
-    host_config.pod_resources = Some(PodResourcesConfig {
-        socket: pod_resources.socket().to_owned(),
-        interval: POLL,
-    });
-    h.start_host_with(host_config).await;
-    h.kubelet
-        .wait_for(WIDGET, WAIT, |v| v.allocatable() == 3)
-        .await
-        .unwrap();
     eventually("the host has read the assignments", || {
-        pod_resources.lists() >= 2
+        pod_resources.lists() >= seen + 2
     })
     .await;
 
