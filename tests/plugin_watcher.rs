@@ -148,3 +148,34 @@ async fn a_refused_registration_brings_a_fresh_socket() {
     let (info, devices) = register_like_the_watcher(&second).await;
     assert_eq!((info.name.as_str(), devices.len()), (WIDGET, 1));
 }
+
+/// Issue 13: the kubelet's plugin manager dials the registration socket by its bare path
+/// without `WithAuthority`, so grpc-go sends the path as `:authority` (raw, or
+/// percent-encoded by grpc-go since mid-2023). h2 reset such streams with
+/// `PROTOCOL_ERROR` before any handler ran; the host's patched h2 (third_party/h2)
+/// serves them as requests without an authority. An authority that is neither a valid
+/// authority nor a path is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_info_is_answered_whatever_path_authority_grpc_go_sends() {
+    use integration_tests::raw_h2::{Outcome, encode_authority, grpc_call};
+    let (_h, registry) = watched_host(1).await;
+    let socket = one_socket(&registry, None).await;
+    let path = socket.display().to_string();
+    const GET_INFO: &str = "/pluginregistration.Registration/GetInfo";
+
+    for authority in [path.clone(), encode_authority(&path), "localhost".into()] {
+        let outcome = grpc_call(&socket, &authority, GET_INFO, &[]).await.unwrap();
+        match outcome {
+            Outcome::Answered(data) => assert!(
+                data.windows(WIDGET.len()).any(|w| w == WIDGET.as_bytes()),
+                ":authority {authority:?}: GetInfo answered without the resource name: {data:?}"
+            ),
+            other => panic!(":authority {authority:?}: GetInfo not answered: {other:?}"),
+        }
+    }
+    // Not a path, not an authority: still a malformed request.
+    for authority in ["no spaces allowed", "%zz"] {
+        let outcome = grpc_call(&socket, authority, GET_INFO, &[]).await.unwrap();
+        assert_eq!(outcome, Outcome::Reset(1), ":authority {authority:?}");
+    }
+}

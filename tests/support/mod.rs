@@ -1,6 +1,8 @@
 //! Shared set-up for the integration tests: a simulated node, a kubelet stand-in in a
 //! temporary device-plugin directory, a guests directory, and the host serving them.
 
+pub mod raw_h2;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1702,13 +1702,20 @@ impl proto::Peer for Peer {
         // header
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
-                    "malformed headers: malformed authority ({:?}): {}",
-                    authority,
-                    why,
-                )
-            })?);
+            // PATCH(wasm-device-plugin, third_party/h2/PATCH.md): grpc-go dialling a bare
+            // unix socket path without WithAuthority sends the path as :authority; such a
+            // request is served as if it had no :authority instead of being reset.
+            if maybe_authority.is_err() && is_socket_path(authority.as_str()) {
+                tracing::debug!("unix socket path as :authority ({:?}); ignored", authority);
+            } else {
+                parts.authority = Some(maybe_authority.or_else(|why| {
+                    malformed!(
+                        "malformed headers: malformed authority ({:?}): {}",
+                        authority,
+                        why,
+                    )
+                })?);
+            }
         }
 
         // A :scheme is required, except CONNECT.
@@ -1769,6 +1776,13 @@ impl proto::Peer for Peer {
 
         Ok(request)
     }
+}
+
+/// PATCH(wasm-device-plugin): an absolute path, raw (`/run/x.sock`, older grpc-go) or
+/// percent-encoded (`%2Frun%2Fx.sock`, grpc-go's `encodeAuthority`, grpc-go#6428).
+fn is_socket_path(authority: &str) -> bool {
+    let b = authority.as_bytes();
+    b.first() == Some(&b'/') || (b.len() > 3 && b[..3].eq_ignore_ascii_case(b"%2f"))
 }
 
 // ===== impl Handshaking =====
