@@ -23,6 +23,7 @@ pub mod hostfns;
 pub mod kubelet;
 pub mod metrics;
 pub mod node;
+pub mod readiness;
 pub mod resource;
 pub mod runtime;
 pub mod shutdown;
