@@ -1,52 +1,16 @@
 //! The operator's endpoints: `/metrics` reflects what the host does, `/healthz` answers,
-//! `/readyz` says ready only while every guest is loaded and every resource registered.
-//! (One test in this binary: metrics are process-wide.)
+//! `/readyz` says ready only while every guest is loaded and the kubelet has accepted
+//! every resource. (Metrics are process-wide: each test here has its own resource and
+//! guest names.)
 
-use std::time::Duration;
-
+use integration_tests::ops::{self, get};
 use integration_tests::{Harness, WAIT, add_widgets, widgets};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WIDGET: &str = "example.com/widget";
 
-/// A plain HTTP/1.0 GET: (status code, body).
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
-
 async fn eventually_get(addr: std::net::SocketAddr, path: &str, code: u16) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (got, body) = get(addr, path).await;
-        if got == code {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path}: {got} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ops::eventually(addr, path, code, |_| true).await
 }
 
 /// Metrics count devices, registrations, allocations, guest calls and reloads; readiness
@@ -114,12 +78,88 @@ async fn metrics_health_and_readiness_tell_the_operator_the_truth() {
     eventually_get(addr, "/readyz", 200).await;
 }
 
+/// Direct registration: `/readyz` is 503 while the kubelet refuses `Register`, and
+/// while it has answered `Register` but opened no `ListAndWatch` stream; 200 only after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_register_and_list_and_watch() {
+    const GADGET: &str = "example.com/gadget";
+    let mut h = Harness::empty().await;
+    add_widgets(&h.node, "widget", &widgets(2));
+    h.add_conformance(
+        "gadgets",
+        json!({ "resources": [{ "name": GADGET, "class": "widget" }] }),
+    );
+    h.kubelet.refuse_next_registrations(usize::MAX);
+    h.kubelet.hold_list_and_watch(true);
+    let mut config = h.config();
+    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    h.start_host_with(config).await;
+    let addr = h.host().ops_addr().expect("ops endpoint bound");
+
+    let why = ops::eventually(addr, "/readyz", 503, |b| b.contains("refused by the test")).await;
+    assert!(why.contains(GADGET), "{why}");
+
+    h.kubelet.refuse_next_registrations(0);
+    let why = ops::eventually(addr, "/readyz", 503, |b| b.contains("ListAndWatch")).await;
+    assert!(why.contains("registered") && why.contains(GADGET), "{why}");
+    assert!(!h.host().readiness().is_accepted(GADGET));
+
+    h.kubelet.hold_list_and_watch(false);
+    ops::eventually(addr, "/readyz", 200, |b| b.contains("ready")).await;
+    assert!(h.host().readiness().is_accepted(GADGET));
+}
+
+/// A guest that leaves the directory takes its series with it: per-resource and
+/// per-guest series disappear from `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_guests_series_are_deleted() {
+    const SPROCKET: &str = "example.com/sprocket";
+    let mut h = Harness::empty().await;
+    add_widgets(&h.node, "widget", &widgets(2));
+    h.add_conformance(
+        "sprockets",
+        json!({ "resources": [{ "name": SPROCKET, "class": "widget" }] }),
+    );
+    let mut config = h.config();
+    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    h.start_host_with(config).await;
+    let addr = h.host().ops_addr().expect("ops endpoint bound");
+    h.kubelet
+        .wait_for(SPROCKET, WAIT, |v| v.allocatable() == 2)
+        .await
+        .unwrap();
+    // (No Allocate here: `wdp_rpc_duration_seconds{method}` is process-wide and the first
+    // test counts its own.)
+    let metrics = ops::eventually(addr, "/metrics", 200, |m| {
+        m.contains(r#"wdp_kubelet_accepted{resource="example.com/sprocket"} 1"#)
+    })
+    .await;
+    for series in [
+        r#"wdp_devices{resource="example.com/sprocket",health="Healthy"} 2"#,
+        r#"wdp_registrations_total{resource="example.com/sprocket",result="ok"}"#,
+        r#"wdp_guest_call_duration_seconds_count{guest="sprockets",call="resources"}"#,
+        r#"wdp_guest_load_failures{guest="sprockets"} 0"#,
+    ] {
+        assert!(metrics.contains(series), "{series} not in\n{metrics}");
+    }
+
+    for file in ["sprockets.wasm", "sprockets.policy.json", "sprockets.json"] {
+        let _ = std::fs::remove_file(h.guests_dir.join(file));
+    }
+    let metrics = ops::eventually(addr, "/metrics", 200, |m| {
+        !m.contains("example.com/sprocket") && !m.contains(r#"guest="sprockets""#)
+    })
+    .await;
+    assert!(!metrics.contains("sprocket"), "{metrics}");
+}
+
 /// A client that connects and never finishes its request head is cut off (it would
 /// otherwise hold a connection forever), and a flood of such clients, more than the
 /// server serves at once, delays a probe but never starves it. (No guests: this test
-/// touches no metric the other one reads.)
+/// touches no metric the others read.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_cannot_starve_the_probes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut h = Harness::empty().await;
     let mut config = h.config();
     config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());

@@ -105,8 +105,12 @@ pub struct RunArgs {
     /// Seconds between checks of the guests directory for changes (hot reload).
     #[arg(long, env = "WDP_RELOAD_SECONDS", default_value_t = 1.0)]
     pub reload_seconds: f64,
-    /// How the kubelet learns about each resource: `direct` (Register on kubelet.sock)
-    /// or `watcher` (a socket in the plugin watcher's directory).
+    /// How the kubelet learns about each resource: `direct` (Register on kubelet.sock;
+    /// the default, and what kubernetes.io documents) or `watcher` (a socket in
+    /// --plugins-registry-dir that the kubelet's plugin watcher finds and registers).
+    /// In watcher mode a resource counts as registered (/readyz) only once the kubelet
+    /// confirms it with NotifyRegistrationStatus; a refusal, or no GetInfo or no
+    /// confirmation within 30 s, is logged as a warning saying what to check.
     #[arg(long, env = "WDP_REGISTRATION", value_enum, default_value = "direct")]
     pub registration: Registration,
     /// The plugin watcher's directory, for `--registration watcher`.

@@ -24,6 +24,7 @@ pub mod kubelet;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod readiness;
 pub mod resource;
 pub mod runtime;
 pub mod shutdown;

@@ -4,7 +4,7 @@
 //! it and only `ops` reads it). Label values are resource, guest and call names, all
 //! bounded by what the operator configured.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -50,6 +50,11 @@ pub struct GuestLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub result: String,
 }
@@ -87,8 +92,18 @@ pub struct Metrics {
     pub load_retries: Family<GuestLabel, Counter>,
     /// `wdp_handouts_refused_total{guest}`: answers and CDI specs refused by the policy.
     pub handouts_refused: Family<GuestLabel, Counter>,
-    /// Resources currently registered with the kubelet (for readiness).
-    registered: Mutex<BTreeSet<String>>,
+    /// `wdp_kubelet_accepted{resource}`: 1 while the kubelet has accepted the resource
+    /// (a mirror of [`crate::readiness`], which holds the state).
+    pub accepted: Family<ResourceLabel, Gauge>,
+    /// The `call` and `kind` label values recorded per guest, so that a removed guest's
+    /// series can all be deleted.
+    guest_labels: Mutex<BTreeMap<String, GuestLabels>>,
+}
+
+#[derive(Default)]
+struct GuestLabels {
+    calls: BTreeSet<String>,
+    faults: BTreeSet<String>,
 }
 
 impl Metrics {
@@ -160,8 +175,16 @@ impl Metrics {
             "Allocation answers and CDI specs refused because the guest's policy does not grant them",
             handouts_refused.clone(),
         );
+        let accepted = Family::default();
+        registry.register(
+            "kubelet_accepted",
+            "1 while the kubelet has accepted the resource (registered and ListAndWatch open)",
+            accepted.clone(),
+        );
         Self {
             registry,
+            accepted,
+            guest_labels: Mutex::default(),
             stuck_threads,
             load_failures,
             load_retries,
@@ -173,7 +196,6 @@ impl Metrics {
             guest_call_seconds,
             guest_faults,
             reloads,
-            registered: Mutex::default(),
         }
     }
 
@@ -214,6 +236,7 @@ impl Metrics {
     }
 
     pub fn observe_guest_call(&self, guest: &str, call: &str, took: Duration) {
+        self.note_guest_label(guest, |l| &mut l.calls, call);
         self.guest_call_seconds
             .get_or_create(&GuestCall {
                 guest: guest.into(),
@@ -223,6 +246,7 @@ impl Metrics {
     }
 
     pub fn guest_fault(&self, guest: &str, kind: &str) {
+        self.note_guest_label(guest, |l| &mut l.faults, kind);
         self.guest_faults
             .get_or_create(&GuestFault {
                 guest: guest.into(),
@@ -264,6 +288,67 @@ impl Metrics {
         self.load_retries.remove(&label);
         self.stuck_threads.remove(&label);
         self.handouts_refused.remove(&label);
+        let labels = self
+            .guest_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(guest)
+            .unwrap_or_default();
+        for call in labels.calls {
+            self.guest_call_seconds.remove(&GuestCall {
+                guest: guest.into(),
+                call,
+            });
+        }
+        for kind in labels.faults {
+            self.guest_faults.remove(&GuestFault {
+                guest: guest.into(),
+                kind,
+            });
+        }
+    }
+
+    fn note_guest_label(
+        &self,
+        guest: &str,
+        set: impl FnOnce(&mut GuestLabels) -> &mut BTreeSet<String>,
+        value: &str,
+    ) {
+        let mut labels = self.guest_labels.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = set(labels.entry(guest.to_owned()).or_default());
+        if !seen.contains(value) {
+            seen.insert(value.to_owned());
+        }
+    }
+
+    /// Deletes the per-resource series of a resource no longer served.
+    pub fn forget_resource(&self, resource: &str) {
+        for health in ["Healthy", "Unhealthy"] {
+            self.devices.remove(&ResourceHealth {
+                resource: resource.into(),
+                health: health.into(),
+            });
+        }
+        for result in ["ok", "error"] {
+            let label = ResourceResult {
+                resource: resource.into(),
+                result: result.into(),
+            };
+            self.allocations.remove(&label);
+            self.registrations.remove(&label);
+        }
+        self.accepted.remove(&ResourceLabel {
+            resource: resource.into(),
+        });
+    }
+
+    /// Mirrors [`crate::readiness`]: whether the kubelet has accepted `resource`.
+    pub fn set_accepted(&self, resource: &str, accepted: bool) {
+        self.accepted
+            .get_or_create(&ResourceLabel {
+                resource: resource.into(),
+            })
+            .set(i64::from(accepted));
     }
 
     pub fn set_stuck_threads(&self, guest: &str, stuck: usize) {
@@ -280,23 +365,6 @@ impl Metrics {
                 guest: guest.into(),
             })
             .inc();
-    }
-
-    /// Records whether `resource` is registered with the kubelet right now.
-    pub fn set_registered(&self, resource: &str, registered: bool) {
-        let mut set = self.registered.lock().unwrap_or_else(|p| p.into_inner());
-        if registered {
-            set.insert(resource.to_owned());
-        } else {
-            set.remove(resource);
-        }
-    }
-
-    pub fn is_registered(&self, resource: &str) -> bool {
-        self.registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(resource)
     }
 }
 

@@ -17,8 +17,9 @@ const LAYERS: &[&[&str]] = &[
         "shutdown",
         "wit",
     ],
-    // The node under the host root: resolve and open as the kernel does.
-    &["host_root"],
+    // The node under the host root: resolve and open as the kernel does; the kubelet's
+    // view of each resource (what /readyz reports).
+    &["host_root", "readiness"],
     // What a guest may hand to a container runtime.
     &["handout"],
     // The operator's policy file (its patterns checked with the hand-out's own rules).

@@ -93,6 +93,8 @@ struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
     changed: Notify,
+    /// While true, registrations are answered but ListAndWatch is not opened yet.
+    hold_streams: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -118,6 +120,7 @@ impl KubeletStandIn {
             dir: dir.to_owned(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            hold_streams: tokio::sync::watch::Sender::new(false),
         });
         let mut kubelet = Self {
             shared,
@@ -212,6 +215,12 @@ impl KubeletStandIn {
             }
         }
         Ok(())
+    }
+
+    /// While `hold` is true, registrations are answered but their ListAndWatch streams
+    /// are opened only once it turns false again (a slow kubelet).
+    pub fn hold_list_and_watch(&self, hold: bool) {
+        self.shared.hold_streams.send_replace(hold);
     }
 
     /// Refuses the next `n` registrations with an error, as a kubelet might.
@@ -530,6 +539,12 @@ impl RegistrationService for RegistrationHandler {
 
 /// Consumes one ListAndWatch stream until it ends; never reopens it (as the kubelet).
 async fn consume(shared: Arc<Shared>, resource: String, mut client: DevicePluginClient<Channel>) {
+    let mut held = shared.hold_streams.subscribe();
+    while *held.borrow_and_update() {
+        if held.changed().await.is_err() {
+            break;
+        }
+    }
     let mut stream = match client.list_and_watch(pb::Empty {}).await {
         Ok(response) => response.into_inner(),
         Err(_) => {

@@ -1,6 +1,8 @@
 //! Shared set-up for the integration tests: a simulated node, a kubelet stand-in in a
 //! temporary device-plugin directory, a guests directory, and the host serving them.
 
+pub mod raw_h2;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -268,5 +270,61 @@ pub mod view {
         tokio::time::timeout(WAIT, h.kubelet.allocate(resource, containers))
             .await
             .expect("Allocate returns")
+    }
+}
+
+/// The host's operator endpoints (`/metrics`, `/healthz`, `/readyz`) over plain HTTP.
+pub mod ops {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::WAIT;
+
+    /// A plain HTTP/1.0 GET: (status code, body).
+    pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// Polls `path` until it answers `code` with a body for which `check` holds; returns
+    /// the body, or fails with the last answer after [`WAIT`].
+    pub async fn eventually(
+        addr: SocketAddr,
+        path: &str,
+        code: u16,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (got, body) = get(addr, path).await;
+            if got == code && check(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path}: waited for {code}, last got {got} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -355,10 +355,9 @@ async fn serve_inline(
     ));
     service.refresh().await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(plugin::run(
-        service,
-        KubeletConfig::new(kubelet.dir()),
-        stopped,
-    ));
+    let config = KubeletConfig::new(kubelet.dir());
+    let readiness = Arc::new(wasm_device_plugin::readiness::Readiness::default());
+    let tracker = plugin::track(&readiness, "conformance-inline", &config, service.name());
+    let task = tokio::spawn(plugin::run(service, config, tracker, stopped));
     Ok((stop, task))
 }

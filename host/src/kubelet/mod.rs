@@ -41,6 +41,10 @@ pub struct KubeletConfig {
     /// Deadline for one `Register` call. The kubelet dials back and calls
     /// `GetDevicePluginOptions` within it, so it must be generous (kubelet-interop §2.1).
     pub register_timeout: Duration,
+    /// Watcher mode: how long the host waits for the plugin watcher's `GetInfo`, and
+    /// after it for `NotifyRegistrationStatus`, before it warns that the kubelet is not
+    /// registering the resource.
+    pub watcher_patience: Duration,
 }
 
 impl KubeletConfig {
@@ -50,6 +54,7 @@ impl KubeletConfig {
             mode: RegistrationMode::Direct,
             poll_interval: Duration::from_millis(100),
             register_timeout: Duration::from_secs(40),
+            watcher_patience: Duration::from_secs(30),
         }
     }
 

@@ -14,6 +14,7 @@ use super::socket::{self, Serving};
 use super::watcher::{Verdict, WatcherService};
 use super::{KubeletConfig, RegistrationMode};
 use crate::metrics::metrics;
+use crate::readiness::{self, Readiness, Tracker};
 use crate::resource::ResourceService;
 use crate::shutdown;
 
@@ -34,20 +35,39 @@ enum Restart {
     Shutdown,
 }
 
+/// Starts following what the kubelet makes of `resource` of `guest` (for [`run`]).
+pub fn track(
+    readiness: &Arc<Readiness>,
+    guest: &str,
+    config: &KubeletConfig,
+    resource: &str,
+) -> Tracker {
+    let mode = match config.mode {
+        RegistrationMode::Direct => readiness::Mode::Direct,
+        RegistrationMode::PluginWatcher { .. } => readiness::Mode::Watcher,
+    };
+    readiness.track(guest, resource, mode)
+}
+
 /// Serves `resource` until `shutdown` turns true, registering again with a fresh
-/// socket each time the kubelet restarts, deletes the socket, or drops the stream.
+/// socket each time the kubelet restarts, deletes the socket, or drops the stream;
+/// `tracker` records what the kubelet makes of it (readiness).
 pub async fn run(
     resource: Arc<ResourceService>,
     config: KubeletConfig,
+    tracker: Tracker,
     shutdown: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("device_plugin", resource = %resource.name());
-    run_inner(resource, config, shutdown).instrument(span).await
+    run_inner(resource, config, tracker, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run_inner(
     resource: Arc<ResourceService>,
     config: KubeletConfig,
+    tracker: Tracker,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let kubelet_socket = config.kubelet_socket();
@@ -75,6 +95,7 @@ async fn run_inner(
         let serving = match Serving::start(&dir, &name, service, watcher, stop) {
             Ok(serving) => serving,
             Err(e) => {
+                tracker.not_serving();
                 tracing::error!(
                     dir = %dir.display(),
                     error = %e,
@@ -88,15 +109,23 @@ async fn run_inner(
             }
         };
 
+        tracker.serving(serving.path());
         let restart = match config.mode {
             RegistrationMode::Direct => {
-                let outcome =
-                    register_until_done(&resource, &config, &serving, &mut shutdown, &mut backoff)
-                        .await;
+                let outcome = register_until_done(
+                    &resource,
+                    &config,
+                    &serving,
+                    &tracker,
+                    &mut shutdown,
+                    &mut backoff,
+                )
+                .await;
                 match outcome {
                     Ok(()) => {
                         backoff = BACKOFF_START;
-                        watch_for_restart(&config, &serving, &streams, &mut shutdown).await
+                        watch_for_restart(&config, &serving, &streams, &tracker, &mut shutdown)
+                            .await
                     }
                     Err(restart) => restart,
                 }
@@ -104,12 +133,20 @@ async fn run_inner(
             // The watcher dials us; a refusal, a lost stream or a deleted socket means a
             // fresh socket, which the watcher picks up as a new plug-in.
             RegistrationMode::PluginWatcher { .. } => {
-                tracing::info!(socket = %serving.path().display(), "serving for the plugin watcher");
-                metrics().set_registered(resource.name(), true);
-                watch_as_watched(&config, &serving, &streams, verdict, &mut shutdown).await
+                tracing::info!(
+                    socket = %serving.path().display(),
+                    "serving for the kubelet's plugin watcher; not registered until the kubelet confirms (NotifyRegistrationStatus)"
+                );
+                let watched = Watched {
+                    resource: resource.name(),
+                    serving: &serving,
+                    streams: &streams,
+                    tracker: &tracker,
+                };
+                watch_as_watched(&config, watched, verdict, &mut shutdown).await
             }
         };
-        metrics().set_registered(resource.name(), false);
+        tracker.not_serving();
         serving.stop().await;
         match restart {
             Restart::Shutdown => {
@@ -130,6 +167,7 @@ async fn register_until_done(
     resource: &ResourceService,
     config: &KubeletConfig,
     serving: &Serving,
+    tracker: &Tracker,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
 ) -> Result<(), Restart> {
@@ -158,11 +196,12 @@ async fn register_until_done(
             Ok(()) => {
                 tracing::info!(endpoint = %serving.endpoint(), "registered with the kubelet");
                 metrics().count(&metrics().registrations, resource.name(), true);
-                metrics().set_registered(resource.name(), true);
+                tracker.registered();
                 return Ok(());
             }
             Err(e) => {
                 metrics().count(&metrics().registrations, resource.name(), false);
+                tracker.register_failed(&e.to_string());
                 match &e {
                     RegisterError::Unreachable { .. } => {
                         tracing::info!(error = %e, retry_in = ?backoff, "kubelet not reachable yet")
@@ -198,6 +237,7 @@ async fn watch_for_restart(
     config: &KubeletConfig,
     serving: &Serving,
     streams: &StreamTracker,
+    tracker: &Tracker,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Restart {
     let kubelet_socket = config.kubelet_socket();
@@ -208,6 +248,7 @@ async fn watch_for_restart(
             _ = shutdown::requested(shutdown) => return Restart::Shutdown,
             _ = streams.lost() => return Restart::StreamLost,
             _ = tick.tick() => {
+                tracker.set_stream_open(streams.is_open());
                 if socket::identity(&kubelet_socket) != registered_with {
                     return Restart::KubeletSocketChanged;
                 }
@@ -219,28 +260,91 @@ async fn watch_for_restart(
     }
 }
 
-/// Plugin-watcher mode: waits until the watcher refuses us, drops its stream, or our
-/// socket is deleted. A kubelet restart needs nothing: the watcher finds the socket again.
+/// One plugin-watcher registration instance, as [`watch_as_watched`] follows it.
+struct Watched<'a> {
+    resource: &'a str,
+    serving: &'a Serving,
+    streams: &'a StreamTracker,
+    tracker: &'a Tracker,
+}
+
+/// Plugin-watcher mode: records what the kubelet does (GetInfo, its verdict, the
+/// stream) and waits until it refuses us, drops its stream, or our socket is deleted.
+/// A kubelet restart needs nothing: the watcher finds the socket again. Warns once when
+/// the kubelet does not call `GetInfo`, or does not confirm after it, within
+/// `config.watcher_patience`.
 async fn watch_as_watched(
     config: &KubeletConfig,
-    serving: &Serving,
-    streams: &StreamTracker,
+    w: Watched<'_>,
     mut verdict: watch::Receiver<Verdict>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Restart {
+    let socket = w.serving.path().display().to_string();
+    let since = tokio::time::Instant::now();
+    let mut info_at: Option<tokio::time::Instant> = None;
+    let mut warned = false;
     let mut tick = tokio::time::interval(config.poll_interval);
     loop {
         tokio::select! {
             _ = shutdown::requested(shutdown) => return Restart::Shutdown,
-            _ = streams.lost() => return Restart::StreamLost,
+            _ = w.streams.lost() => return Restart::StreamLost,
             changed = verdict.changed() => {
-                if changed.is_ok() && matches!(*verdict.borrow(), Verdict::Refused(_)) {
-                    return Restart::WatcherRefused;
+                if changed.is_err() {
+                    continue;
+                }
+                let now = verdict.borrow_and_update().clone();
+                match now {
+                    Verdict::Pending => {}
+                    Verdict::InfoServed => {
+                        tracing::info!(%socket, "the kubelet's plugin watcher called GetInfo; waiting for it to confirm the registration");
+                        info_at = Some(tokio::time::Instant::now());
+                        warned = false;
+                        w.tracker.info_served();
+                    }
+                    Verdict::Registered => {
+                        metrics().count(&metrics().registrations, w.resource, true);
+                        w.tracker.set_stream_open(w.streams.is_open());
+                        w.tracker.registered();
+                    }
+                    Verdict::Refused(error) => {
+                        metrics().count(&metrics().registrations, w.resource, false);
+                        w.tracker.refused(&error);
+                        return Restart::WatcherRefused;
+                    }
                 }
             }
             _ = tick.tick() => {
-                if !serving.socket_intact() {
+                w.tracker.set_stream_open(w.streams.is_open());
+                if !w.serving.socket_intact() {
                     return Restart::OwnSocketGone;
+                }
+                if warned || w.tracker.is_accepted() || *verdict.borrow() == Verdict::Registered {
+                    continue;
+                }
+                let patience = config.watcher_patience;
+                match info_at {
+                    None if since.elapsed() >= patience => {
+                        warned = true;
+                        tracing::warn!(
+                            %socket,
+                            waited = ?patience,
+                            "the kubelet's plugin watcher has not called GetInfo on the socket; check that \
+                             --plugins-registry-dir is the kubelet's plugins_registry directory (<kubelet \
+                             --root-dir>/plugins_registry, mounted into this container) and that the kubelet runs"
+                        );
+                    }
+                    Some(at) if at.elapsed() >= patience => {
+                        warned = true;
+                        tracing::warn!(
+                            %socket,
+                            waited = ?patience,
+                            "the kubelet called GetInfo but has not confirmed the registration \
+                             (NotifyRegistrationStatus); the resource is not registered. Check the kubelet's log \
+                             (plugin manager and device manager errors for this socket) and its version, or use \
+                             --registration direct"
+                        );
+                    }
+                    _ => {}
                 }
             }
         }

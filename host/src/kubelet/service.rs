@@ -57,6 +57,11 @@ impl StreamTracker {
         self.lost.notified().await
     }
 
+    /// True while the kubelet holds at least one `ListAndWatch` stream open.
+    pub fn is_open(&self) -> bool {
+        self.active.load(Ordering::SeqCst) > 0
+    }
+
     fn opened(self: &Arc<Self>) -> StreamGuard {
         self.active.fetch_add(1, Ordering::SeqCst);
         StreamGuard(self.clone())

@@ -266,9 +266,16 @@ impl GuestTask {
             "resource ready"
         );
         let (stop, stopped) = watch::channel(false);
+        let readiness = plugin::track(
+            &self.board.readiness(),
+            &self.name,
+            &self.config.kubelet,
+            &spec.name,
+        );
         let task = tokio::spawn(plugin::run(
             service.clone(),
             self.config.kubelet.clone(),
+            readiness,
             stopped,
         ));
         self.served.insert(

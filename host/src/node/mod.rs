@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::kubelet::pod_resources;
+use crate::readiness::Readiness;
 use crate::resource::ResourceService;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CompileCache;
@@ -71,6 +72,9 @@ pub struct Status {
     pub reloads_ok: u64,
     /// New versions refused (the previous one kept serving).
     pub reloads_refused: u64,
+    /// The kubelet's view of the served resources: one shared, live record (not part of
+    /// the snapshot), which the device plug-ins update and `/readyz` reads.
+    pub readiness: Arc<Readiness>,
 }
 
 /// The runtime `config` asks for: its compiler, cache and trusted keys.
@@ -188,6 +192,11 @@ impl Node {
     /// The current status; subscribe to follow reloads.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// The kubelet's view of every served resource (what `/readyz` reports).
+    pub fn readiness(&self) -> Arc<Readiness> {
+        self.status.borrow().readiness.clone()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.

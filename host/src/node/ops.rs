@@ -1,6 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process
-//! answers) and `/readyz` (every configured guest is loaded and every resource
-//! registered with the kubelet).
+//! answers) and `/readyz` (every configured guest is loaded and the kubelet has accepted
+//! every resource: see [`crate::readiness`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -128,18 +128,13 @@ fn not_ready(status: &Status) -> Option<String> {
     if status.resources.is_empty() {
         return Some("no resource is served".into());
     }
-    let unregistered: Vec<&str> = status
-        .resources
-        .iter()
-        .map(|r| r.name())
-        .filter(|name| !metrics().is_registered(name))
-        .collect();
-    if unregistered.is_empty() {
-        None
-    } else {
-        Some(format!(
-            "not registered with the kubelet yet: {}",
-            unregistered.join(", ")
-        ))
-    }
+    let waiting = status
+        .readiness
+        .waiting(status.resources.iter().map(|r| r.name()));
+    let (resource, why) = waiting.first()?;
+    Some(format!(
+        "{resource} is not accepted by the kubelet yet: {why} ({} of {} resources waiting)",
+        waiting.len(),
+        status.resources.len()
+    ))
 }

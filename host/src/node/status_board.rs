@@ -52,6 +52,11 @@ impl StatusBoard {
         }
     }
 
+    /// The kubelet's view of the served resources, which the device plug-ins update.
+    pub fn readiness(&self) -> Arc<crate::readiness::Readiness> {
+        self.status.borrow().readiness.clone()
+    }
+
     /// Counts a reload applied or refused.
     pub fn count_reload(&self, applied: bool) {
         metrics().reload(applied);
