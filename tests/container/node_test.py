@@ -556,8 +556,12 @@ def latest_registration(kubelet, resource):
 
 
 def allocate(pb, reg, ids):
-    return reg.stub.Allocate(pb.AllocateRequest(container_requests=[
-        pb.ContainerAllocateRequest(devices_ids=ids)]), timeout=ki.WAIT).container_responses[0]
+    try:
+        return reg.stub.Allocate(pb.AllocateRequest(container_requests=[
+            pb.ContainerAllocateRequest(devices_ids=ids)]), timeout=ki.WAIT).container_responses[0]
+    except ki.grpc.RpcError as e:
+        raise Failed(f"Allocate {ids} on {reg.request.resource_name}: "
+                     f"{e.code().name}: {e.details()}")
 
 
 def strategy_of(answer):
