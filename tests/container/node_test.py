@@ -63,6 +63,8 @@ IB_SHARED = "rdma/ib_shared"
 IB_SHARED_SLOTS = 8
 RDMA_CDI_KIND = "nvidia.com/rdma"
 RELOAD_WAIT = 60.0
+# The specs the two guests write through the host (one file per kind).
+OUR_SPECS = ("k8s.device-plugin.nvidia.com+gpu.json", "nvidia.com+rdma.json")
 
 
 class Failed(Exception):
@@ -482,7 +484,8 @@ class Workloads:
         to CRI and the runtime applies them; node paths mapped onto this machine."""
         args = []
         for d in answer.devices:
-            args += ["--device", f"{self.node.path(d.host_path)}:{d.container_path}:{d.permissions}"]
+            host = self.node.path(d.host_path)
+            args += ["--device", f"{host}:{d.container_path}:{d.permissions}"]
         for m in answer.mounts:
             mode = "ro" if m.read_only else "rw"
             args += ["-v", f"{self.node.path(m.host_path)}:{m.container_path}:{mode}"]
@@ -624,8 +627,8 @@ def main():
                 all(os.path.exists(node.path(p)) for p in node.numbers))
         for d in ("/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources"):
             os.makedirs(node.path(d), mode=0o750)
-        for name in os.listdir(CDI_DIR) if os.path.isdir(CDI_DIR) else []:
-            if name in ("k8s.device-plugin.nvidia.com+gpu.json", "nvidia.com+rdma.json"):
+        for name in OUR_SPECS:
+            if os.path.exists(os.path.join(CDI_DIR, name)):
                 os.unlink(os.path.join(CDI_DIR, name))  # a previous run's
 
         # -- the guests ConfigMap, from the image's guests directory ------------------------
@@ -645,7 +648,8 @@ def main():
         ib, exclusive_hcas, shared_hcas = ib_config(node)
         guest_files["infiniband.json"] = json.dumps(ib, indent=2).encode()
         configmap = ConfigMapVolume(os.path.join(work, "configmaps", "wasm-device-plugin-guests"))
-        configmap.write(dict(guest_files, **{"nvidia-gpu.json": nvidia_config(NVIDIA_STRATEGIES[0])}))
+        first = nvidia_config(NVIDIA_STRATEGIES[0])
+        configmap.write(dict(guest_files, **{"nvidia-gpu.json": first}))
 
         # -- the kubelet, then the pod ---------------------------------------------------------
         kubelet = ki.Kubelet(pb, pb_grpc, node.path("/var/lib/kubelet/device-plugins"))
@@ -706,7 +710,8 @@ def main():
                 configmap.write(dict(guest_files, **{"nvidia-gpu.json": nvidia_config(strategy)}))
             deadline = time.monotonic() + RELOAD_WAIT
             while True:
-                answer = allocate(pb, latest_registration(kubelet, GPU_RESOURCE), [a["uuid"], b["uuid"]])
+                answer = allocate(pb, latest_registration(kubelet, GPU_RESOURCE),
+                                  [a["uuid"], b["uuid"]])
                 if strategy_of(answer) == strategy or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
@@ -781,8 +786,9 @@ def main():
         if kubelet is not None:
             kubelet.stop()
         if os.path.isdir(CDI_DIR):
-            for name in set(os.listdir(CDI_DIR)) - cdi_before:
-                os.unlink(os.path.join(CDI_DIR, name))
+            for name in (set(os.listdir(CDI_DIR)) - cdi_before) | set(OUR_SPECS):
+                if os.path.exists(os.path.join(CDI_DIR, name)):
+                    os.unlink(os.path.join(CDI_DIR, name))
         if args.keep:
             print(f"kept {work}")
         else:
