@@ -1,6 +1,6 @@
-//! The image layout (deploy/Containerfile) and the guests ConfigMap made from it: the
-//! reference guests, their policies and example configurations fit one ConfigMap, in
-//! the form the host and the API server accept.
+//! The image layout (deploy/Containerfile, deploy/build-image.sh) and the guests
+//! ConfigMap made from it: the reference guests, their policies and example
+//! configurations fit one ConfigMap, in the form the host and the API server accept.
 
 use deploy_tests::configmap::{self, MAX_ANNOTATIONS_BYTES, MAX_DATA_BYTES};
 use deploy_tests::load::{self, Document};
@@ -9,7 +9,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 /// The reference guests as the image lays them out: `<name>.wasm` (built for
-/// wasm32-wasip2 by testkit, as the Containerfile builds them), `<name>.policy.json`
+/// wasm32-wasip2 by testkit, as deploy/build-image.sh builds them), `<name>.policy.json`
 /// from `guests/<name>/policy.json`, and here also `<name>.json`, the example
 /// configuration, as an operator would add it.
 fn reference_guest_files() -> Vec<(String, Vec<u8>)> {
@@ -141,30 +141,56 @@ fn the_configmap_checks_refuse_what_the_host_or_api_server_would() {
 
 #[test]
 fn the_containerfile_builds_the_layout_the_manifests_expect() {
+    // The recipe pulls nothing: one stage on an empty base, holding the directory that
+    // deploy/build-image.sh lays out from what cargo built (CI builds and runs it:
+    // .ci/container.sh).
     let text = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
-    let stages = text
+    let stages: Vec<&str> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("FROM "))
-        .count();
-    assert!(stages >= 2, "a multi-stage build");
+        .collect();
+    assert_eq!(stages, ["FROM scratch"], "one stage, nothing to pull");
     for needle in [
-        "--no-default-features -p wasm-device-plugin",
-        "--target wasm32-wasip2",
-        "--locked",
-        "/out/usr/local/bin/wasm-device-plugin",
+        "COPY rootfs/ /",
         "ENTRYPOINT [\"/usr/local/bin/wasm-device-plugin\"]",
-        // The default --guests-dir, which the ConfigMap volume replaces.
-        "/out/etc/wasm-device-plugin/guests",
-        "\"$guests/$guest.wasm\"",
-        "\"$guests/$guest.policy.json\"",
     ] {
         assert!(
             text.contains(needle),
             "deploy/Containerfile lacks {needle:?}"
         );
     }
+    let user = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the image sets USER");
     assert!(
-        text.contains("for guest in nvidia-gpu infiniband; do"),
+        !user.starts_with('0') && !user.starts_with("root"),
+        "the image's default user is not root: {user}"
+    );
+
+    let script = std::fs::read_to_string(deploy_dir().join("build-image.sh")).unwrap();
+    for needle in [
+        "--no-default-features -p wasm-device-plugin",
+        "triple=x86_64-unknown-linux-musl",
+        "--target wasm32-wasip2",
+        "--locked",
+        "-f deploy/Containerfile",
+        "\"$rootfs/usr/local/bin/wasm-device-plugin\"",
+        // The default --guests-dir, which the ConfigMap volume replaces.
+        "\"$rootfs/etc/wasm-device-plugin/guests/$guest.wasm\"",
+        "\"$rootfs/etc/wasm-device-plugin/guests/$guest.policy.json\"",
+        "\"$rootfs/usr/share/wasm-device-plugin/examples/$guest.json\"",
+        "\"$rootfs/var/cache/wasm-device-plugin\"",
+        "\"$rootfs/host\"",
+    ] {
+        assert!(
+            script.contains(needle),
+            "deploy/build-image.sh lacks {needle:?}"
+        );
+    }
+    assert!(
+        script.contains("for guest in nvidia-gpu infiniband; do"),
         "the image ships both reference guests with their policies"
     );
     for guest in ["nvidia-gpu", "infiniband"] {
@@ -172,22 +198,11 @@ fn the_containerfile_builds_the_layout_the_manifests_expect() {
             let path = repo_dir().join("guests").join(guest).join(file);
             assert!(
                 path.is_file(),
-                "the Containerfile copies {}",
+                "deploy/build-image.sh copies {}",
                 path.display()
             );
         }
     }
-    let user = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("the final stage sets USER");
-    assert!(
-        !user.starts_with('0') && !user.starts_with("root"),
-        "the image's default user is not root: {user}"
-    );
-    let ignore = std::fs::read_to_string(deploy_dir().join("Containerfile.dockerignore")).unwrap();
-    assert!(ignore.lines().any(|l| l == "**/target"));
 }
 
 #[test]

@@ -48,7 +48,7 @@ mod tests {
         .to_json();
         assert_eq!(
             json,
-            r#"{"cdiVersion":"0.6.0","kind":"k8s.device-plugin.nvidia.com/gpu","devices":[{"name":"GPU-1","containerEdits":{"deviceNodes":[{"path":"/dev/nvidia2"}]}}],"containerEdits":{"deviceNodes":[{"path":"/dev/nvidiactl"}]}}"#
+            r#"{"cdiVersion":"0.5.0","kind":"k8s.device-plugin.nvidia.com/gpu","devices":[{"name":"GPU-1","containerEdits":{"deviceNodes":[{"path":"/dev/nvidia2"}]}}],"containerEdits":{"deviceNodes":[{"path":"/dev/nvidiactl"}]}}"#
         );
     }
 }
