@@ -35,7 +35,7 @@ pub struct NodeArgs {
     #[arg(long, env = "WDP_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// MiB of compiled guests kept in --cache-dir; the least recently used go first.
-    #[arg(long, env = "WDP_CACHE_MAX_MIB", default_value_t = 256)]
+    #[arg(long, env = "WDP_CACHE_MAX_MIB", default_value_t = 128)]
     pub cache_max_mib: u64,
     /// File of trusted Ed25519 public keys (hex, one per line); when set, only guests
     /// with a valid <name>.wasm.sig load.

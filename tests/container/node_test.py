@@ -286,6 +286,9 @@ class Pod:
             elif kinds == {"emptyDir"}:
                 d = os.path.join(work, "pod", "volumes", "empty-dir", name)
                 os.makedirs(d)
+                # As the kubelet creates an emptyDir: open to all (the host makes its
+                # cache directory private itself).
+                os.chmod(d, 0o777)
                 sources[name] = d
             else:
                 raise Failed(f"volume {name}: {sorted(kinds)} not rendered")
@@ -672,6 +675,15 @@ def main():
                     raise Failed("the pod does not come up")
                 if probe == "readinessProbe":
                     r.note(f"ready {time.monotonic() - started:.1f} s after `run`")
+
+        # The cache emptyDir was created open to all, as the kubelet creates one: the host
+        # made it private before trusting it, and filled it.
+        cache = os.path.join(work, "pod", "volumes", "empty-dir", "cache")
+        if os.path.isdir(cache):
+            mode = os.stat(cache).st_mode & 0o7777
+            compiled = sorted(n for n in os.listdir(cache) if n.endswith(".cwasm"))
+            r.check("cache: the emptyDir made private (0700), the guests compiled into it",
+                    mode == 0o700 and len(compiled) >= 2, (oct(mode), compiled))
 
         resources = [GPU_RESOURCE, IB_EXCLUSIVE, IB_SHARED]
         regs = kubelet.wait(lambda: (lambda m: m if all(m) else None)(

@@ -28,8 +28,9 @@ use wasmtime::component::Component;
 const MAGIC: &[u8; 8] = b"WDPCWSM1";
 const HEADER: usize = MAGIC.len() + 32;
 /// Total size of entries kept by default. A compiled guest of the 1 MiB maximum is a
-/// few MiB, so this keeps dozens of guest versions.
-pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+/// few MiB, so this keeps dozens of guest versions, and stays well inside the shipped
+/// DaemonSet's 256 MiB `emptyDir` (a pod whose emptyDir outgrows its limit is evicted).
+pub const DEFAULT_MAX_BYTES: u64 = 128 << 20;
 /// File name extension of an entry.
 const ENTRY_EXTENSION: &str = "cwasm";
 
