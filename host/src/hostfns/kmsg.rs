@@ -19,6 +19,7 @@ use rustix::io::Errno;
 
 use super::NodeAccess;
 use crate::host_root::node_file::{Access, FileKind};
+use crate::host_root::resolver::Resolver;
 use crate::wit::latest::kmsg::Host;
 use crate::wit::latest::types::Error as WitError;
 
@@ -40,7 +41,7 @@ impl Host for NodeAccess {
                 self.guest()
             )));
         }
-        let text = self.read_kmsg()?;
+        let text = read_kmsg(self.resolver())?;
         let seen = self.kmsg_seen.load(Ordering::Relaxed);
         let mut newest = seen;
         let mut lines = Vec::new();
@@ -66,13 +67,7 @@ impl Host for NodeAccess {
 /// The sequence number of the newest record in the kernel log under `host_root` now
 /// ([`NOTHING_SEEN`] when it cannot be read: then nothing is skipped).
 pub fn newest_sequence(host_root: &Path) -> i64 {
-    let access = NodeAccess::new(
-        "host",
-        host_root,
-        std::sync::Arc::new(crate::grant::Grant::none()),
-        "/",
-    );
-    match access.read_kmsg() {
+    match read_kmsg(&Resolver::new(host_root, Vec::new())) {
         Ok(text) => text
             .lines()
             .filter_map(parse_record)
@@ -86,24 +81,21 @@ pub fn newest_sequence(host_root: &Path) -> i64 {
     }
 }
 
-impl NodeAccess {
-    /// `/dev/kmsg` under the host root, opened like every node path (a link there stays
-    /// under the host root) and read without blocking.
-    fn read_kmsg(&self) -> Result<String, WitError> {
-        let cannot = |reason: String| WitError::Io(format!("cannot read {KMSG}: {reason}"));
-        let kmsg = self
-            .resolver()
-            .with_grant(vec![PathBuf::from(KMSG)])
-            .open(KMSG)
-            .map_err(|e| cannot(e.to_string()))?;
-        match kmsg.kind().map_err(|e| cannot(e.reason()))? {
-            // A plain file in fixture trees.
-            FileKind::CharDevice | FileKind::Regular => {}
-            found => return Err(cannot(format!("it is {found}"))),
-        }
-        let file = kmsg.reopen(Access::Read).map_err(|e| cannot(e.reason()))?;
-        read_records(file).map_err(|e| cannot(e.to_string()))
+/// `/dev/kmsg` under `resolver`'s host root, opened like every node path (a link there
+/// stays under the host root) and read without blocking.
+fn read_kmsg(resolver: &Resolver) -> Result<String, WitError> {
+    let cannot = |reason: String| WitError::Io(format!("cannot read {KMSG}: {reason}"));
+    let kmsg = resolver
+        .with_grant(vec![PathBuf::from(KMSG)])
+        .open(KMSG)
+        .map_err(|e| cannot(e.to_string()))?;
+    match kmsg.kind().map_err(|e| cannot(e.reason()))? {
+        // A plain file in fixture trees.
+        FileKind::CharDevice | FileKind::Regular => {}
+        found => return Err(cannot(format!("it is {found}"))),
     }
+    let file = kmsg.reopen(Access::Read).map_err(|e| cannot(e.reason()))?;
+    read_records(file).map_err(|e| cannot(e.to_string()))
 }
 
 /// Reads everything available without blocking (the file is non-blocking): record by

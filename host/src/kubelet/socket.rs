@@ -78,18 +78,17 @@ fn radix36(mut n: u64) -> String {
 /// first): `<stem>.wdp-<base36>-<decimal>.sock`, optionally with a leading `.`.
 pub fn is_ours(name: &str) -> bool {
     let name = name.strip_prefix('.').unwrap_or(name);
-    let Some(tail) = name
+    let Some((stem, tail)) = name
         .strip_suffix(".sock")
         .and_then(|rest| rest.rsplit_once(MARK))
-        .map(|(stem, tail)| (!stem.is_empty()).then_some(tail))
-        .and_then(|tail| tail)
     else {
         return false;
     };
     let Some((started, n)) = tail.split_once('-') else {
         return false;
     };
-    !started.is_empty()
+    !stem.is_empty()
+        && !started.is_empty()
         && started
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())

@@ -80,7 +80,9 @@ impl pr::registration_server::Registration for WatcherService {
             tracing::warn!(
                 resource = %self.info.name,
                 %error,
-                "the kubelet refused the registration (NotifyRegistrationStatus); its device manager's log says why                  (a resource name another plug-in registered, an unsupported version); serving a fresh socket for the                  plugin watcher to try again"
+                "the kubelet refused the registration (NotifyRegistrationStatus); its device manager's log says why \
+                 (a resource name another plug-in registered, an unsupported version); serving a fresh socket for the \
+                 plugin watcher to try again"
             );
             Verdict::Refused(error)
         };
