@@ -43,7 +43,7 @@ pub use plugin::Plugin;
 /// The generated bindings. Guests use [`types`] and [`host`]; the rest is for [`export!`].
 #[doc(hidden)]
 pub mod bindings {
-    #[cfg(not(feature = "release"))]
+    #[cfg(all(not(feature = "release"), not(feature = "labels")))]
     wit_bindgen::generate!({
         path: "../../wit",
         world: "device-plugin",
@@ -51,10 +51,26 @@ pub mod bindings {
         default_bindings_module: "wdp_guest_sdk::bindings",
         runtime_path: "wdp_guest_sdk::bindings::wit_bindgen_rt",
     });
-    #[cfg(feature = "release")]
+    #[cfg(all(feature = "release", not(feature = "labels")))]
     wit_bindgen::generate!({
         path: "../../wit",
         world: "device-plugin-with-release",
+        pub_export_macro: true,
+        default_bindings_module: "wdp_guest_sdk::bindings",
+        runtime_path: "wdp_guest_sdk::bindings::wit_bindgen_rt",
+    });
+    #[cfg(all(not(feature = "release"), feature = "labels"))]
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "device-plugin-with-labels",
+        pub_export_macro: true,
+        default_bindings_module: "wdp_guest_sdk::bindings",
+        runtime_path: "wdp_guest_sdk::bindings::wit_bindgen_rt",
+    });
+    #[cfg(all(feature = "release", feature = "labels"))]
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "device-plugin-with-release-and-labels",
         pub_export_macro: true,
         default_bindings_module: "wdp_guest_sdk::bindings",
         runtime_path: "wdp_guest_sdk::bindings::wit_bindgen_rt",
@@ -72,7 +88,7 @@ pub mod types {
 
 /// The host functions a guest may import; each needs a grant in the guest's policy.
 pub mod host {
-    pub use crate::bindings::wdp::device_plugin::{cdi, devfs, kmsg, log, pci, sysfs};
+    pub use crate::bindings::wdp::device_plugin::{cdi, devfs, kmsg, log, nvml, pci, sysfs};
 }
 
 /// Exports `$ty` (which implements [`Plugin`]) as this component's `plugin` interface.

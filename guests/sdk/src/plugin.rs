@@ -60,6 +60,13 @@ pub trait Plugin: Sized + 'static {
         let _ = (resource, device_ids);
         Ok(())
     }
+
+    /// Node labels to publish (`prefix/name`, value). Exported only with the crate's
+    /// `labels` feature; the host keeps those under prefixes the guest's policy grants.
+    #[cfg(feature = "labels")]
+    fn labels(&mut self) -> Result<Vec<(String, String)>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 thread_local! {
@@ -122,5 +129,12 @@ impl<P: Plugin> Guest for Adapter<P> {
 impl<P: Plugin> crate::bindings::exports::wdp::device_plugin::lifecycle::Guest for Adapter<P> {
     fn release(resource: String, device_ids: Vec<String>) -> Result<(), Error> {
         with(|guest: &mut P| guest.release(&resource, &device_ids))
+    }
+}
+
+#[cfg(feature = "labels")]
+impl<P: Plugin> crate::bindings::exports::wdp::device_plugin::node_labels::Guest for Adapter<P> {
+    fn labels() -> Result<Vec<(String, String)>, Error> {
+        with(|guest: &mut P| guest.labels())
     }
 }

@@ -23,4 +23,4 @@ pub mod release_hook {
 pub use wdp::device_plugin::{cdi, devfs, kmsg, log, pci, sysfs, types};
 
 /// The contract version this module implements, for logs and `inspect`.
-pub const VERSION: &str = "0.1.1";
+pub const VERSION: &str = "0.1.2";
