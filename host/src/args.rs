@@ -13,6 +13,7 @@ use wasm_device_plugin::handout::DeviceNodes;
 use wasm_device_plugin::kubelet::RegistrationMode;
 use wasm_device_plugin::kubelet::pod_resources::PodResourcesConfig;
 use wasm_device_plugin::node::config::{DEFAULT_GUESTS_DIR, HostConfig};
+use wasm_device_plugin::nvml::LibrarySource;
 use wasm_device_plugin::runtime::{CompileBudget, Compiler};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +58,12 @@ pub struct NodeArgs {
     /// guest that needs more is refused, as for the timeout.
     #[arg(long, env = "WDP_COMPILE_MEMORY_MIB", default_value_t = 2048)]
     pub compile_memory_mib: u64,
+    /// NVIDIA's management library for guests granted `nvml`: `auto` (libnvidia-ml.so.1
+    /// in the node's library directories under the host root, then this process's own
+    /// library path when the host root is `/`), `off`, or a file path as this process
+    /// sees it. Without it guests fall back to sysfs.
+    #[arg(long, env = "WDP_NVML_LIBRARY", default_value = "auto")]
+    pub nvml_library: String,
 }
 
 /// Below this the compiler child cannot even map the host binary and start.
@@ -88,6 +95,11 @@ impl NodeArgs {
         if self.simulated_node {
             config.device_nodes = DeviceNodes::Simulated;
         }
+        config.nvml.library = match self.nvml_library.as_str() {
+            "auto" => LibrarySource::Auto,
+            "off" => LibrarySource::Off,
+            path => LibrarySource::Path(PathBuf::from(path)),
+        };
         Ok(config)
     }
 }
@@ -129,6 +141,11 @@ pub struct RunArgs {
     /// Address for /metrics (Prometheus), /healthz and /readyz; `off` to disable.
     #[arg(long, env = "WDP_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: String,
+    /// Node directory where guests' node labels are written as Node Feature Discovery
+    /// local feature files (one per guest, only under prefixes its policy grants);
+    /// `off` to publish none.
+    #[arg(long, env = "WDP_FEATURES_DIR", default_value = wasm_device_plugin::node::config::DEFAULT_FEATURES_DIR)]
+    pub features_dir: String,
 }
 
 impl RunArgs {
@@ -163,6 +180,16 @@ impl RunArgs {
                 interval: Duration::from_secs_f64(args.release_poll_seconds),
             });
         }
+        config.features_dir = match args.features_dir.as_str() {
+            "off" => None,
+            dir => {
+                anyhow::ensure!(
+                    dir.starts_with('/'),
+                    "--features-dir {dir:?} must be an absolute node path, or `off`"
+                );
+                Some(PathBuf::from(dir))
+            }
+        };
         config.kubelet.mode = match args.registration {
             Registration::Direct => RegistrationMode::Direct,
             Registration::Watcher => RegistrationMode::PluginWatcher {

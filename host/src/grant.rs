@@ -29,6 +29,11 @@ pub struct Grant {
     pub cdi_kinds: Vec<String>,
     /// Whether the guest may read the kernel log.
     pub kmsg: bool,
+    /// Whether the guest may read the host's NVML readings and events.
+    pub nvml: bool,
+    /// Prefixes of the node labels the guest may publish (`nvidia.com/`,
+    /// `example.com/gpu.`).
+    pub label_prefixes: Vec<String>,
     /// sysfs attributes the guest may write, as patterns on the path it names
     /// (`/sys/bus/pci/devices/*/reset`).
     pub write_patterns: Vec<String>,
@@ -113,6 +118,13 @@ impl Grant {
     }
 
     /// May the guest write CDI specs of `kind`?
+    /// Whether a node label named `key` may be published.
+    pub fn allows_label(&self, key: &str) -> bool {
+        self.label_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+
     pub fn allows_cdi_kind(&self, kind: &str) -> bool {
         self.cdi_kinds.iter().any(|k| k == kind)
     }

@@ -23,6 +23,7 @@ pub mod hostfns;
 pub mod kubelet;
 pub mod metrics;
 pub mod node;
+pub mod nvml;
 pub mod policy;
 pub mod readiness;
 pub mod resource;

@@ -20,6 +20,8 @@ const LAYERS: &[&[&str]] = &[
     // The node under the host root: resolve and open as the kernel does; the kubelet's
     // view of each resource (what /readyz reports).
     &["host_root", "readiness"],
+    // NVIDIA's management library, loaded from the node and read on a thread of its own.
+    &["nvml"],
     // What a guest may hand to a container runtime.
     &["handout"],
     // The operator's policy file (its patterns checked with the hand-out's own rules).

@@ -13,7 +13,8 @@
 //! - [`cdi_spec`]: a CDI spec a guest asks the host to write;
 //! - [`env`], [`annotations`], [`node_paths`], [`cdi_names`]: the rules both share;
 //! - [`cdi_ledger`]: which CDI devices a guest defined through the host, so that an
-//!   answer can name only those.
+//!   answer can name only those;
+//! - [`node_labels`]: the node labels a guest publishes (through Node Feature Discovery).
 
 pub mod allocation;
 pub mod annotations;
@@ -21,6 +22,7 @@ pub mod cdi_ledger;
 pub mod cdi_names;
 pub mod cdi_spec;
 pub mod env;
+pub mod node_labels;
 pub mod node_paths;
 
 use std::path::PathBuf;

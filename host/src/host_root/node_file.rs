@@ -19,7 +19,12 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{Dir, FileType, Mode, OFlags, Stat};
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 use thiserror::Error;
 
 use super::resolver::{Resolved, Root, relative};
@@ -329,6 +334,44 @@ impl Iterator for Entries {
             }
         }
     }
+}
+
+/// Writes through a temporary file of a fresh random name in `dir`, then renames it
+/// into place: the runtime never reads half a spec, and two writers never touch each
+/// other's temporary files (a name that exists is never reused or removed). Both are
+/// names in `dir`, never followed through a link.
+pub fn write_atomically(dir: &NodeFile, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let (tmp, mut file) = temporary_in(dir)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let renamed = written.and_then(|()| {
+        rustix::fs::renameat(dir, tmp.as_str(), dir, name).map_err(std::io::Error::from)
+    });
+    if renamed.is_err() {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    }
+    renamed
+}
+
+/// A new file `.wdp-<random>.tmp` in `dir`, created exclusively.
+fn temporary_in(dir: &NodeFile) -> std::io::Result<(String, std::fs::File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..16 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u32(std::process::id());
+        let name = format!(".wdp-{:016x}.tmp", hasher.finish());
+        match rustix::fs::openat(
+            dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => return Ok((name, std::fs::File::from(fd))),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other("no free temporary file name"))
 }
 
 #[cfg(test)]

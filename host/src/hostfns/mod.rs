@@ -12,11 +12,12 @@ pub mod cdi;
 pub mod devfs;
 pub mod kmsg;
 pub mod log;
+pub mod nvml;
 pub mod pci;
 pub mod sysfs;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use crate::grant::Grant;
@@ -36,6 +37,9 @@ pub struct NodeAccess {
     cdi_ledger: CdiLedger,
     device_nodes: DeviceNodes,
     kmsg_seen: Arc<AtomicI64>,
+    nvml: crate::nvml::Nvml,
+    /// The next NVML event this guest has not been handed.
+    nvml_events_next: Arc<AtomicU64>,
     log: Arc<Mutex<log::LogLimiter>>,
 }
 
@@ -55,6 +59,8 @@ impl NodeAccess {
             cdi_ledger: CdiLedger::default(),
             device_nodes: DeviceNodes::Real,
             kmsg_seen: Arc::new(AtomicI64::new(kmsg::NOTHING_SEEN)),
+            nvml: crate::nvml::Nvml::unavailable("not configured"),
+            nvml_events_next: Arc::default(),
             log: Arc::default(),
         }
     }
@@ -69,6 +75,12 @@ impl NodeAccess {
     /// see [`kmsg::newest_sequence`]): older records are not news.
     pub fn with_kmsg_start(mut self, seq: i64) -> Self {
         self.kmsg_seen = Arc::new(AtomicI64::new(seq));
+        self
+    }
+
+    /// Reads the host's NVML (when the grant allows), from its first event on.
+    pub fn with_nvml(mut self, nvml: crate::nvml::Nvml) -> Self {
+        self.nvml = nvml;
         self
     }
 

@@ -1,6 +1,7 @@
 //! The host's configuration: where the node, the guests and the kubelet are, and how
 //! often to look at them. Each guest's own policy is [`crate::policy`].
 
+use crate::nvml::NvmlConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub const DEFAULT_GUESTS_DIR: &str = "/etc/wasm-device-plugin/guests";
 /// Where CDI specs go on a node (the runtime also reads `/etc/cdi`; that one is the
 /// administrator's).
 pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
+/// Where Node Feature Discovery reads local feature files on a node (its `local` source).
+pub const DEFAULT_FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
 /// How often the guests directory is checked for changes by default.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// How often devices are re-enumerated by default.
@@ -54,6 +57,11 @@ pub struct HostConfig {
     pub pod_resources: Option<PodResourcesConfig>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (none: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// NVIDIA's management library for guests granted `nvml`.
+    pub nvml: NvmlConfig,
+    /// Node directory where guests' node labels are written as NFD feature files
+    /// (none: labels are not published).
+    pub features_dir: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -83,6 +91,8 @@ impl HostConfig {
             trusted_keys: None,
             pod_resources: None,
             metrics_addr: None,
+            nvml: NvmlConfig::default(),
+            features_dir: Some(PathBuf::from(DEFAULT_FEATURES_DIR)),
         }
     }
 }

@@ -17,11 +17,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::feature_files::FeatureFile;
 use super::guests_dir::{self, Fingerprint, GuestFiles};
 use super::ownership::{Claims, Owner};
 use super::status_board::{GuestReport, StatusBoard};
 use super::{Skipped, supervisor::MAX_RESOURCES_PER_GUEST};
 use crate::device::ResourceSpec;
+use crate::handout::node_labels;
 use crate::kubelet::plugin;
 use crate::metrics::metrics;
 use crate::node::HostConfig;
@@ -63,14 +65,21 @@ impl GuestTaskHandle {
     ) -> Self {
         let (requests, inbox) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
+        let feature_file = config
+            .features_dir
+            .as_ref()
+            .map(|dir| FeatureFile::new(&config.host_root, dir, name));
         let task = GuestTask {
             name: name.to_owned(),
             config,
             runtime,
             board,
             loaded: None,
+            current: None,
             served: BTreeMap::new(),
             retry: None,
+            feature_file,
+            labels_refused: Vec::new(),
         };
         let task = tokio::spawn(task.run(inbox, stopped, host_stop));
         Self {
@@ -112,8 +121,14 @@ struct GuestTask {
     board: StatusBoard,
     /// The files the serving version was loaded from.
     loaded: Option<Fingerprint>,
+    /// The serving version.
+    current: Option<Guest>,
     served: BTreeMap<String, Served>,
     retry: Option<Retry>,
+    /// Where the guest's node labels go (none: not published).
+    feature_file: Option<FeatureFile>,
+    /// The refusals last logged, so that an unchanged refusal is logged once.
+    labels_refused: Vec<String>,
 }
 
 impl GuestTask {
@@ -153,7 +168,10 @@ impl GuestTask {
                     }
                     None => break,
                 },
-                _ = rescan.tick() => self.rescan().await,
+                _ = rescan.tick() => {
+                    self.rescan().await;
+                    self.publish_labels().await;
+                }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     if let Some(retry) = self.retry.take() {
                         metrics().load_retry(&self.name);
@@ -173,6 +191,15 @@ impl GuestTask {
         }
         while stopping.join_next().await.is_some() {}
         self.board.remove(&self.name);
+        // A removed guest takes its labels along; a host that stops keeps them (a
+        // rollout must not strip the node's labels).
+        if !*host_stop.borrow() {
+            if let Some(file) = &mut self.feature_file {
+                if let Err(e) = file.remove() {
+                    tracing::warn!(guest = %self.name, error = %e, "cannot remove the guest's node-label file; remove it by hand");
+                }
+            }
+        }
         if self.loaded.is_some() {
             tracing::info!(guest = %self.name, "guest stopped; its resources are deregistered");
         }
@@ -248,7 +275,44 @@ impl GuestTask {
             self.board.count_reload(true);
         }
         self.loaded = Some(files.fingerprint);
+        self.current = Some(guest);
         self.publish(skipped, 0);
+        self.publish_labels().await;
+    }
+
+    /// Asks the serving guest for its node labels and writes those its policy allows.
+    /// A failing call leaves the published labels as they are (a guest that briefly
+    /// cannot read the node must not unlabel it).
+    async fn publish_labels(&mut self) {
+        let (Some(guest), Some(file)) = (&self.current, &mut self.feature_file) else {
+            return;
+        };
+        if !guest.publishes_labels() {
+            return;
+        }
+        let proposed = match guest.labels().await {
+            Ok(labels) => labels,
+            Err(e) => {
+                tracing::warn!(guest = %self.name, error = %e, "the guest's node labels could not be read; the published ones stay");
+                return;
+            }
+        };
+        let checked = node_labels::check(proposed, guest.grant());
+        if checked.refused != self.labels_refused {
+            for reason in &checked.refused {
+                tracing::warn!(guest = %self.name, %reason, "node label refused; grant its prefix in the guest's policy (labelPrefixes) if it is wanted");
+            }
+            self.labels_refused = checked.refused.clone();
+        }
+        match file.publish(&self.name, &checked) {
+            Ok(true) => {
+                tracing::info!(guest = %self.name, labels = checked.accepted.len(), file = %file.name(), "node labels published for Node Feature Discovery")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(guest = %self.name, error = %e, "cannot write the node-label file; check that --features-dir is mounted writable")
+            }
+        }
     }
 
     async fn serve(&mut self, guest: &Guest, spec: ResourceSpec) {

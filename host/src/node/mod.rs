@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod config;
+pub mod feature_files;
 mod guest_task;
 mod guests_dir;
 pub mod ops;
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::kubelet::pod_resources;
+use crate::nvml::Nvml;
 use crate::readiness::Readiness;
 use crate::resource::ResourceService;
 use crate::runtime::Runtime;
@@ -86,7 +88,8 @@ pub fn runtime(config: &HostConfig) -> Result<Runtime, NodeError> {
     )
     .map_err(NodeError::Runtime)?
     .with_device_nodes(config.device_nodes)
-    .with_compiler(config.compiler.clone());
+    .with_compiler(config.compiler.clone())
+    .with_nvml(Nvml::start(&config.host_root, &config.nvml));
     if let Some(dir) = &config.cache_dir {
         match CompileCache::open_with_budget(dir, config.cache_max_bytes) {
             Ok(cache) => runtime = runtime.with_cache(cache),

@@ -69,6 +69,10 @@ struct PolicyFile {
     #[serde(default)]
     kmsg: bool,
     #[serde(default)]
+    nvml: bool,
+    #[serde(default)]
+    label_prefixes: Vec<String>,
+    #[serde(default)]
     write: Vec<String>,
     #[serde(default)]
     limits: LimitsFile,
@@ -140,6 +144,10 @@ impl GuestPolicy {
                 ));
             }
         }
+        for prefix in &file.label_prefixes {
+            handout::node_labels::check_prefix(prefix)
+                .map_err(|e| format!("labelPrefixes: {e}"))?;
+        }
         for pattern in &file.write {
             if !pattern.starts_with("/sys/") || pattern.split('/').any(|c| c == ".." || c == ".") {
                 return Err(format!(
@@ -187,6 +195,8 @@ impl GuestPolicy {
                 resource_prefixes: file.resource_prefixes,
                 cdi_kinds: file.cdi_kinds,
                 kmsg: file.kmsg,
+                nvml: file.nvml,
+                label_prefixes: file.label_prefixes,
                 write_patterns: file.write,
             },
             limits,

@@ -16,6 +16,7 @@ use super::signature::TrustedKeys;
 use super::state::GuestState;
 use crate::handout::DeviceNodes;
 use crate::hostfns::NodeAccess;
+use crate::nvml::Nvml;
 use crate::policy::GuestLimits;
 use crate::wit::latest;
 
@@ -43,6 +44,8 @@ pub struct Runtime {
     /// not replayed, and a reloaded guest (a ConfigMap edit) learns again what happened
     /// since the start instead of forgetting it.
     pub(crate) kmsg_start: i64,
+    /// The node's NVML, shared by every guest granted it (unavailable until set).
+    pub(crate) nvml: Nvml,
 }
 
 /// Counts of how guests were obtained, for logs, metrics and tests.
@@ -83,6 +86,7 @@ impl Runtime {
         latest::log::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
         latest::cdi::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
         latest::kmsg::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        latest::nvml::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -109,7 +113,14 @@ impl Runtime {
             stats: Arc::default(),
             stuck: Default::default(),
             kmsg_start,
+            nvml: Nvml::unavailable("not configured"),
         })
+    }
+
+    /// Offers `nvml` to guests granted it (see `crate::nvml`).
+    pub fn with_nvml(mut self, nvml: Nvml) -> Self {
+        self.nvml = nvml;
+        self
     }
 
     /// How device nodes under the host root are read (simulated only for fixtures).

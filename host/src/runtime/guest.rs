@@ -27,6 +27,7 @@ use crate::metrics::metrics;
 use crate::policy::GuestLimits;
 use crate::policy::GuestPolicy;
 use crate::wit::latest::DevicePluginPre;
+use crate::wit::latest::label_source::LabelSourceIndices;
 use crate::wit::latest::release_hook::ReleaseHookIndices;
 use crate::wit::latest::types::Error as WitError;
 
@@ -45,6 +46,7 @@ pub struct Guest {
     cdi_ledger: CdiLedger,
     faults: Arc<FaultRecord>,
     handles_release: bool,
+    publishes_labels: bool,
 }
 
 /// Consecutive faults (traps, deadlines) per export, for crash-loop detection.
@@ -100,14 +102,18 @@ impl Guest {
         let grant = Arc::new(policy.grant);
         let node = NodeAccess::new(name, &runtime.host_root, grant.clone(), &runtime.cdi_dir)
             .with_device_nodes(runtime.device_nodes)
-            .with_kmsg_start(runtime.kmsg_start);
+            .with_kmsg_start(runtime.kmsg_start)
+            .with_nvml(runtime.nvml.clone());
         let cdi_ledger = node.cdi_ledger().clone();
         // A guest without the optional export still links; it just is not told.
         let release_hook = ReleaseHookIndices::new(pre.instance_pre()).ok();
         let handles_release = release_hook.is_some();
+        let label_source = LabelSourceIndices::new(pre.instance_pre()).ok();
+        let publishes_labels = label_source.is_some();
         let seed = WorkerSeed {
             name: name.into(),
             release_hook,
+            label_source,
             pre,
             config,
             limits: policy.limits.clone(),
@@ -128,6 +134,7 @@ impl Guest {
             cdi_ledger,
             faults: Arc::default(),
             handles_release,
+            publishes_labels,
         };
         let budget = guest.limits.deadlines.enumerate;
         let resources = guest
@@ -238,6 +245,30 @@ impl Guest {
                     .call_release(store, &resource, &ids),
                 None => Ok(Err(WitError::Other(format!(
                     "guest {guest} has no release hook"
+                )))),
+            }
+        })
+        .await
+    }
+
+    /// Whether the guest exports the optional `node-labels` interface.
+    pub fn publishes_labels(&self) -> bool {
+        self.publishes_labels
+    }
+
+    /// The node labels the guest proposes (unchecked: see `handout::node_labels`); none
+    /// from a guest without the export. Bounded by the enumerate deadline.
+    pub async fn labels(&self) -> Result<Vec<(String, String)>, GuestError> {
+        if !self.publishes_labels {
+            return Ok(Vec::new());
+        }
+        let budget = self.limits.deadlines.enumerate;
+        let guest = self.name.to_string();
+        self.call("labels", budget, move |exports, store| {
+            match &exports.labels {
+                Some(source) => source.wdp_device_plugin_node_labels().call_labels(store),
+                None => Ok(Err(WitError::Other(format!(
+                    "guest {guest} does not publish labels"
                 )))),
             }
         })

@@ -22,6 +22,7 @@ use super::error::GuestError;
 use super::state::GuestState;
 use crate::hostfns::NodeAccess;
 use crate::policy::GuestLimits;
+use crate::wit::latest::label_source::{LabelSource, LabelSourceIndices};
 use crate::wit::latest::plugin::Guest as PluginExports;
 use crate::wit::latest::release_hook::{ReleaseHook, ReleaseHookIndices};
 use crate::wit::latest::types::Error as WitError;
@@ -47,6 +48,7 @@ pub(crate) struct WorkerSeed {
     pub limits: GuestLimits,
     pub node: NodeAccess,
     pub release_hook: Option<ReleaseHookIndices>,
+    pub label_source: Option<LabelSourceIndices>,
 }
 
 /// Why a call could not be queued.
@@ -179,6 +181,7 @@ fn spawn(
         limits: seed.limits.clone(),
         node: seed.node.clone(),
         release_hook: seed.release_hook.clone(),
+        label_source: seed.label_source.clone(),
         live: None,
     };
     let (flag, stuck) = (abandoned.clone(), stuck.clone());
@@ -206,6 +209,8 @@ pub(crate) struct Worker {
     node: NodeAccess,
     /// Where the optional `lifecycle` export is, if the guest has it.
     release_hook: Option<ReleaseHookIndices>,
+    /// Where the optional `node-labels` export is, if the guest has it.
+    label_source: Option<LabelSourceIndices>,
     /// The live instance; `None` after a fault until the next call rebuilds it.
     live: Option<Live>,
 }
@@ -215,10 +220,11 @@ struct Live {
     bindings: Bindings,
 }
 
-/// A live instance's exports: the contract's, and the optional release hook.
+/// A live instance's exports: the contract's, and the optional release hook and labels.
 pub(crate) struct Bindings {
     plugin: DevicePlugin,
     pub(crate) release: Option<ReleaseHook>,
+    pub(crate) labels: Option<LabelSource>,
 }
 
 impl Bindings {
@@ -288,7 +294,19 @@ impl Worker {
             ),
             None => None,
         };
-        let bindings = Bindings { plugin, release };
+        let labels = match &self.label_source {
+            Some(indices) => Some(
+                indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| self.fault("instantiate", budget, e, None))?,
+            ),
+            None => None,
+        };
+        let bindings = Bindings {
+            plugin,
+            release,
+            labels,
+        };
         match bindings.plugin().call_configure(&mut store, &self.config) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
             Ok(Err(error)) => Err(GuestError::reported(&self.name, "configure", error)),

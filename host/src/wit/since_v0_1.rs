@@ -20,7 +20,17 @@ pub mod release_hook {
 
     pub use exports::wdp::device_plugin::lifecycle;
 }
-pub use wdp::device_plugin::{cdi, devfs, kmsg, log, pci, sysfs, types};
+/// The optional `node-labels` export, looked up on each guest like the release hook.
+pub mod label_source {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "label-source",
+        with: { "wdp:device-plugin/types": super::wdp::device_plugin::types },
+    });
+
+    pub use exports::wdp::device_plugin::node_labels;
+}
+pub use wdp::device_plugin::{cdi, devfs, kmsg, log, nvml, pci, sysfs, types};
 
 /// The contract version this module implements, for logs and `inspect`.
 pub const VERSION: &str = "0.1.2";
