@@ -116,6 +116,10 @@ pub async fn inspect(guest: &Path, node: &NodeArgs) -> anyhow::Result<()> {
 pub async fn check(node: &NodeArgs) -> anyhow::Result<()> {
     let config = node.config(Path::new("/nonexistent"))?;
     let report = check_node(&config).await?;
+    match &report.nvml {
+        Ok(library) => println!("NVML: {library}"),
+        Err(reason) => println!("NVML: not used ({reason})"),
+    }
     for resource in &report.resources {
         let s = &resource.spec;
         println!(
@@ -143,6 +147,15 @@ pub async fn check(node: &NodeArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => println!("  enumeration failed: {e}"),
+        }
+    }
+    for (guest, labels) in &report.labels {
+        println!("node labels (guest {guest}):");
+        for (name, value) in &labels.accepted {
+            println!("  {name}={value}");
+        }
+        for reason in &labels.refused {
+            println!("  refused: {reason}");
         }
     }
     for skipped in &report.skipped {

@@ -8,6 +8,7 @@ use super::guests_dir;
 use super::ownership::Claims;
 use super::{NodeError, Skipped};
 use crate::device::{Device, ResourceSpec};
+use crate::handout::node_labels::{self, Checked};
 use crate::node::HostConfig;
 use crate::resource::service::MAX_DEVICES;
 use crate::resource::snapshot::Snapshot;
@@ -23,17 +24,29 @@ pub struct CheckedResource {
 }
 
 /// Everything `check` found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CheckReport {
     pub resources: Vec<CheckedResource>,
     pub skipped: Vec<Skipped>,
+    /// Which NVML library serves, or why none does.
+    pub nvml: Result<String, String>,
+    /// Per guest that publishes labels: those its policy lets through, and the refusals.
+    pub labels: Vec<(String, Checked)>,
 }
 
 /// Loads every guest of `config.guests_dir` against `config.host_root` and enumerates its
 /// resources once, applying the same checks as `run`.
 pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
     let runtime = super::runtime(config)?;
-    let mut report = CheckReport::default();
+    let mut report = CheckReport {
+        nvml: runtime
+            .nvml
+            .library()
+            .ok_or_else(|| runtime.nvml.unavailable_reason().unwrap_or_default()),
+        resources: Vec::new(),
+        skipped: Vec::new(),
+        labels: Vec::new(),
+    };
     let found = guests_dir::scan(&config.guests_dir)?;
     let claims = Claims::of(&found, &config.limits);
     for files in found {
@@ -69,6 +82,16 @@ pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
                 spec,
                 devices,
             });
+        }
+        if guest.publishes_labels() {
+            let checked = match guest.labels().await {
+                Ok(proposed) => node_labels::check(proposed, guest.grant()),
+                Err(e) => Checked {
+                    refused: vec![format!("labels could not be read: {e}")],
+                    ..Checked::default()
+                },
+            };
+            report.labels.push((files.name.clone(), checked));
         }
     }
     Ok(report)
