@@ -51,8 +51,37 @@ fn ensure_guest_target(workspace: &std::path::Path) {
     }
 }
 
+/// Compiles the NVML test double (one std-only file) into `$OUT_DIR/libnvidia-ml.so.1`,
+/// with the same rustc, without Cargo: it is a C library for the tests to `dlopen`, not
+/// a crate of this workspace.
+fn build_nvml_double(manifest: &std::path::Path) {
+    let source = manifest.join("nvml-double/nvml_double.rs");
+    println!("cargo:rerun-if-changed={}", source.display());
+    let out = PathBuf::from(env("OUT_DIR")).join("libnvidia-ml.so.1");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let status = Command::new(rustc)
+        .args([
+            "--edition=2021",
+            "--crate-type=cdylib",
+            "-O",
+            "-C",
+            "panic=abort",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .arg(&source)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run rustc to build the NVML double: {e}"));
+    assert!(
+        status.success(),
+        "building the NVML double {} failed (see above)",
+        source.display()
+    );
+}
+
 fn main() {
     let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    build_nvml_double(&manifest);
     let workspace = manifest
         .parent()
         .expect("testkit lives inside the workspace")

@@ -16,6 +16,7 @@ mod infiniband;
 mod kmsg;
 mod mixed;
 mod nvidia;
+mod nvml;
 mod pci;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub use gpu_faults::UnpluggedGpu;
 pub use infiniband::{RocePorts, SimNic, SimPort};
 pub use nvidia::SimGpu;
+pub use nvml::{
+    MigProfile, NVML_CUDA_VERSION, NVML_DRIVER_VERSION, NVML_LIBRARY, SimMigDevice, nvml_bus_id,
+};
 pub use pci::PciFunction;
 
 use fsx::Tree;
@@ -40,6 +44,8 @@ pub struct SimNode {
     functions: Mutex<BTreeMap<String, String>>,
     /// Addresses of GPUs the driver is told to exclude (`GPU Excluded: Yes`).
     excluded: Mutex<BTreeSet<String>>,
+    /// The NVML double's view of the node, once enabled.
+    nvml: nvml::NvmlState,
 }
 
 /// The directories every tree has, even without devices.
@@ -62,6 +68,7 @@ impl SimNode {
             nics: Vec::new(),
             functions: Mutex::default(),
             excluded: Mutex::default(),
+            nvml: nvml::NvmlState::default(),
         };
         for dir in SKELETON {
             node.tree.mkdir(dir)?;

@@ -14,6 +14,8 @@ use super::nvidia::{SimGpu, uuid};
 use super::pci::{PciFunction, root_bus_dir};
 
 pub(crate) const H100_MODEL: &str = "NVIDIA H100 80GB HBM3";
+/// `/sys/class/dmi/id/product_name` of the board.
+const DMI_PRODUCT: &str = "DGX H100";
 
 /// Per GPU in address order: its PCI bus, NUMA node and `Device Minor`. The minors are
 /// deliberately not in address order (as on real nodes): two pairs are swapped.
@@ -113,6 +115,7 @@ impl SimNode {
         let mut groups = 0_u32..;
         let mut group = move || groups.next();
         node.tree.write("/proc/devices", PROC_DEVICES)?;
+        node.add_dmi_ids()?;
         node.add_nvidia_driver_files()?;
 
         for (n, &(gpu_bus, numa, minor)) in (0_u32..).zip(GPUS.iter()) {
@@ -186,6 +189,16 @@ impl SimNode {
         // The kernel log, quiet: XIDs are appended by tests that want them.
         node.add_dev_node("/dev/kmsg")?;
         Ok(node)
+    }
+
+    /// The board's DMI identity, where the kernel puts it: `/sys/devices/virtual/dmi/id`
+    /// with `/sys/class/dmi/id` linking to it.
+    fn add_dmi_ids(&self) -> io::Result<()> {
+        let dir = "/sys/devices/virtual/dmi/id";
+        self.tree
+            .write(&format!("{dir}/product_name"), &format!("{DMI_PRODUCT}\n"))?;
+        self.tree.write(&format!("{dir}/sys_vendor"), "NVIDIA\n")?;
+        self.tree.link("/sys/class/dmi/id", dir)
     }
 
     /// A root port on root bus `root_bus` with a PCIe switch below it; returns the

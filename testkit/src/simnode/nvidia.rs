@@ -106,8 +106,9 @@ impl SimNode {
         self.sync_gpu_proc(address)
     }
 
-    /// Makes a GPU's procfs directory match its binding: present (with its current
-    /// excluded state) while bound to `nvidia`, absent otherwise. Other addresses: no-op.
+    /// Makes a GPU's procfs directory (and what NVML sees, once enabled) match its
+    /// binding: present (with its current excluded state) while bound to `nvidia`, absent
+    /// otherwise. Other addresses: no-op.
     pub(crate) fn sync_gpu_proc(&self, address: &str) -> io::Result<()> {
         let Some((index, gpu)) = self
             .gpus
@@ -123,10 +124,11 @@ impl SimNode {
             self.tree.write(
                 &format!("{}/information", gpu.proc_dir()),
                 &information(gpu, irq, excluded),
-            )
+            )?;
         } else {
-            self.tree.remove_dir(&gpu.proc_dir())
+            self.tree.remove_dir(&gpu.proc_dir())?;
         }
+        self.write_nvml_fixture()
     }
 
     /// `/proc/driver/nvidia/version` and the driver-wide device nodes.
