@@ -168,7 +168,7 @@ async fn mig_single_backs_nvidia_com_gpu_with_mig_devices_and_refuses_mixed_layo
     let (h, small, large) = dgx_with_mig().await;
     let h = serve_shipped(h, r#"{"migStrategy": "single"}"#).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let listed = h.kubelet.view(GPU).map(|v| ids(&v)).unwrap_or_default();
+    let listed = h.kubelet.resource(GPU).map(|v| ids(&v)).unwrap_or_default();
     assert!(
         listed
             .iter()
@@ -484,5 +484,148 @@ async fn wait_for_labels(
             path.display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The host's own reading of the double, below any guest: the FFI binding against the
+/// C ABI the double implements, profile names, NVLinks in sysfs form, events, failures.
+mod host_reading {
+    use super::*;
+    use wasm_device_plugin::nvml::{Answer, MigMode, Nvml, NvmlConfig};
+
+    fn reading(nvml: &Nvml) -> std::sync::Arc<wasm_device_plugin::nvml::Reading> {
+        match nvml.current() {
+            Answer::Current(r) => r,
+            other => panic!("no reading: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_host_reads_gpus_mig_devices_nvlinks_and_events() {
+        let (h, small, _large) = dgx_with_mig().await;
+        let nvml = Nvml::start(h.node.root(), &NvmlConfig::default());
+        let r = reading(&nvml);
+        assert_eq!(r.driver_version, "580.159.04");
+        assert_eq!(r.cuda_version, (13, 0));
+        assert_eq!(r.gpus.len(), 8);
+        for (index, address) in NUMA0.iter().chain(NUMA1.iter()).enumerate() {
+            let g = &r.gpus[index];
+            let sim = h.node.gpu(address).expect("GPU");
+            assert_eq!(
+                (g.pci_address.as_str(), &g.uuid, g.minor),
+                (*address, &sim.uuid, sim.minor)
+            );
+            assert_eq!(g.name, "NVIDIA H100 80GB HBM3");
+            assert_eq!((g.memory_mib, g.compute_capability), (81559, (9, 0)));
+            assert_eq!(g.nvlinks.len(), 18, "18 links to the NVSwitches");
+            assert!(
+                g.nvlinks
+                    .iter()
+                    .all(|l| l.remote_pci_address.starts_with("0000:e")),
+                "{:?}",
+                g.nvlinks
+            );
+        }
+        assert_eq!(r.gpus[0].mig_mode, MigMode::Enabled);
+        assert_eq!(r.gpus[2].mig_mode, MigMode::Disabled);
+        let migs = &r.gpus[0].mig_devices;
+        assert_eq!(
+            migs.iter().map(|m| m.uuid.clone()).collect::<Vec<_>>(),
+            small
+        );
+        assert!(
+            migs.iter()
+                .all(|m| m.profile == "1g.10gb" && m.memory_mib == 9856)
+        );
+        assert!(
+            r.gpus[1]
+                .mig_devices
+                .iter()
+                .all(|m| m.profile == "3g.40gb" && m.gpu_slices == 3)
+        );
+
+        let gi = h.node.mig_devices(NUMA0[0])[3].gpu_instance;
+        h.node.nvml_xid(NUMA0[0], Some((gi, 0)), 94).expect("event");
+        h.node.nvml_double_bit_ecc(NUMA1[3]).expect("event");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let events = loop {
+            let batch = nvml.events().since(0);
+            if batch.events.len() == 2 {
+                break batch.events;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", batch.events);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(events[0].gpu_uuid, uuid(&h, NUMA0[0]));
+        assert_eq!(
+            (
+                events[0].gpu_instance_id,
+                events[0].compute_instance_id,
+                events[0].data
+            ),
+            (Some(gi), Some(0), 94)
+        );
+        assert_eq!(events[1].gpu_uuid, uuid(&h, NUMA1[3]));
+        assert_eq!(events[1].gpu_instance_id, None);
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_does_not_initialise_leaves_nvml_unavailable_with_the_reason() {
+        let mut h = Harness::dgx().await;
+        h.node.enable_nvml().expect("NVML double");
+        h.node.set_nvml_init_error(Some(9)).expect("init error");
+        let nvml = Nvml::start(h.node.root(), &NvmlConfig::default());
+        assert!(matches!(nvml.current(), Answer::Unavailable));
+        let reason = nvml.unavailable_reason().expect("a reason");
+        assert!(
+            reason.contains("nvmlInit_v2") && reason.contains("9"),
+            "{reason}"
+        );
+        // No library at all.
+        let empty = Harness::empty().await;
+        let nvml = Nvml::start(empty.node.root(), &NvmlConfig::default());
+        assert!(
+            nvml.unavailable_reason()
+                .expect("a reason")
+                .contains("no libnvidia-ml.so.1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_nvml_turns_the_reading_stale_not_the_callers_slow() {
+        let mut h = Harness::dgx().await;
+        h.node.enable_nvml().expect("NVML double");
+        let config = NvmlConfig {
+            refresh: Duration::from_millis(50),
+            stale_after: Duration::from_millis(300),
+            ..NvmlConfig::default()
+        };
+        let nvml = Nvml::start(h.node.root(), &config);
+        reading(&nvml);
+        h.node.set_nvml_hang(true).expect("hang");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let started = std::time::Instant::now();
+            let answer = nvml.current();
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "current() waited on NVML"
+            );
+            if let Answer::Failed(reason) = answer {
+                assert!(reason.contains("has not answered"), "{reason}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reported stale"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.node.set_nvml_hang(false).expect("unhang");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !matches!(nvml.current(), Answer::Current(_)) {
+            assert!(tokio::time::Instant::now() < deadline, "never recovered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
