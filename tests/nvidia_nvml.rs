@@ -440,7 +440,7 @@ async fn a_hung_nvml_stalls_no_guest_and_the_guest_reports_it() {
 async fn without_the_library_the_guest_serves_from_sysfs_as_before() {
     // No NVML on the node (the fixture has none): MIG strategies other than `none` have
     // nothing to act on, GPUs with MIG instances stay withheld, nothing else changes.
-    let mut h = Harness::dgx().await;
+    let h = Harness::dgx().await;
     h.node
         .add_mig_instance(NUMA0[0], 1, 0)
         .expect("MIG instance in procfs");

@@ -193,12 +193,10 @@ impl GuestTask {
         self.board.remove(&self.name);
         // A removed guest takes its labels along; a host that stops keeps them (a
         // rollout must not strip the node's labels).
-        if !*host_stop.borrow() {
-            if let Some(file) = &mut self.feature_file {
-                if let Err(e) = file.remove() {
-                    tracing::warn!(guest = %self.name, error = %e, "cannot remove the guest's node-label file; remove it by hand");
-                }
-            }
+        if let (false, Some(file)) = (*host_stop.borrow(), &mut self.feature_file)
+            && let Err(e) = file.remove()
+        {
+            tracing::warn!(guest = %self.name, error = %e, "cannot remove the guest's node-label file; remove it by hand");
         }
         if self.loaded.is_some() {
             tracing::info!(guest = %self.name, "guest stopped; its resources are deregistered");

@@ -221,11 +221,10 @@ fn locate(host_root: &Path, source: &LibrarySource) -> Result<PathBuf, String> {
                 // library directory cannot lead the host to load a file outside it.
                 if let Ok(found) = Resolver::new(host_root, vec![PathBuf::from(dir)])
                     .open(&node_path)
-                    .and_then(|f| Ok(f.resolved()))
+                    .map(|f| f.resolved())
+                    && found.host.is_file()
                 {
-                    if found.host.is_file() {
-                        return Ok(found.host);
-                    }
+                    return Ok(found.host);
                 }
             }
             if host_root == Path::new("/") {
@@ -260,10 +259,7 @@ fn pump(path: &Path, weak: Weak<Shared>, refresh: Duration, ready: mpsc::Sender<
     let mut watch = Watch::default();
     let mut next_read = Instant::now();
     let mut ready = Some(ready);
-    loop {
-        let Some(shared) = weak.upgrade() else {
-            break;
-        };
+    while let Some(shared) = weak.upgrade() {
         if Instant::now() >= next_read {
             let latest = match reading::read(&lib) {
                 Ok((reading, handles)) => {
@@ -286,15 +282,12 @@ fn pump(path: &Path, weak: Weak<Shared>, refresh: Duration, ready: mpsc::Sender<
             }
         }
         drop(shared);
-        match watch.wait(&lib) {
-            Some(event) => {
-                if let Some(shared) = weak.upgrade() {
-                    tracing::warn!(gpu = %event.gpu_uuid, kind = ?event.kind, data = event.data, "NVML reported a critical event");
-                    shared.events.push(event);
-                }
-                next_read = next_read.min(Instant::now() + AFTER_EVENT);
+        if let Some(event) = watch.wait(&lib) {
+            if let Some(shared) = weak.upgrade() {
+                tracing::warn!(gpu = %event.gpu_uuid, kind = ?event.kind, data = event.data, "NVML reported a critical event");
+                shared.events.push(event);
             }
-            None => {}
+            next_read = next_read.min(Instant::now() + AFTER_EVENT);
         }
     }
     watch.close(&lib);
