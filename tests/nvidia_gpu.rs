@@ -318,7 +318,7 @@ async fn unknown_config_field_skips_the_guest() {
     h.add_guest(
         "nvidia-gpu",
         testkit::guests::NVIDIA_GPU_WASM,
-        Some(r#"{"migStrategy":"none"}"#),
+        Some(r#"{"passDeviceSpecs":true}"#),
     );
     h.start_host().await;
     let skipped = h.host().skipped();
@@ -328,7 +328,7 @@ async fn unknown_config_field_skips_the_guest() {
         "nvidia-gpu.wasm",
         "configure",
         "invalid config",
-        "migStrategy",
+        "passDeviceSpecs",
     ] {
         assert!(
             skipped[0].reason.contains(fragment),

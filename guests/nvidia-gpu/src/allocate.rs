@@ -3,11 +3,17 @@
 //! Fail-closed: every answer sets `NVIDIA_VISIBLE_DEVICES` itself (the UUIDs, the
 //! volume-mount root, or `void`), so an image's own value (`all`, say) never widens what
 //! a container that asked for GPUs gets through the NVIDIA runtime hook.
+//!
+//! A MIG device is its parent's node plus the capability nodes of its GPU instance and
+//! compute instance (`/dev/nvidia-caps/nvidia-cap<N>`, numbered in the driver's table).
 
 use crate::cdi;
 use crate::config::{Config, ListStrategy};
-use crate::enumerate::{self, Gpu};
+use crate::enumerate::Gpu;
+use crate::mig::{self, Unit};
 use crate::sharing;
+use wdp_guest_sdk::error::message;
+use wdp_guest_sdk::host::sysfs;
 use wdp_guest_sdk::types::{ContainerAllocation, Error, Mount};
 use wdp_guest_sdk::{alloc, dev};
 
@@ -23,57 +29,89 @@ const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 /// Where the NVIDIA runtime looks for the volume-mount device list.
 const VOLUME_MOUNT_ROOT: &str = "/var/run/nvidia-container-devices";
 
-/// One answer per container, in request order.
-/// `last_scan` is what the last enumeration found: the answer comes from it when every ID
-/// is in it, else from a fresh scan (the node may have changed since).
+/// Whether every ID of `ids` is offered under `resource` by `gpus` (so that an answer
+/// can come from the last enumeration instead of a fresh one).
+pub fn covers(
+    config: &Config,
+    resource: &str,
+    gpus: &[Gpu],
+    ids: &mut dyn Iterator<Item = &String>,
+) -> bool {
+    let refs: Vec<&Gpu> = gpus.iter().collect();
+    let Ok(units) = mig::units(config, &refs) else {
+        return false;
+    };
+    if gpus.is_empty() {
+        return false;
+    }
+    for id in ids {
+        let base = sharing::split_id(id).0;
+        let known = units
+            .iter()
+            .any(|(r, u)| r == resource && u.id(config.device_id_strategy) == base);
+        if !known {
+            return false;
+        }
+    }
+    true
+}
+
+/// One answer per container, in request order, for the devices of `gpus`.
 pub fn allocate(
     config: &Config,
     resource: &str,
     containers: &[Vec<String>],
-    last_scan: &[Gpu],
+    gpus: &[Gpu],
 ) -> Result<Vec<ContainerAllocation>, Error> {
-    let resolves = |gpus: &[Gpu]| {
-        containers
-            .iter()
-            .all(|ids| resolve(config, resource, gpus, ids).is_ok())
-    };
-    let rescanned;
-    let gpus: &[Gpu] = if !last_scan.is_empty() && resolves(last_scan) {
-        last_scan
-    } else {
-        rescanned = enumerate::gpus()?;
-        &rescanned
-    };
-    let assigned = containers
-        .iter()
-        .map(|ids| resolve(config, resource, gpus, ids))
-        .collect::<Result<Vec<_>, Error>>()?;
+    let refs: Vec<&Gpu> = gpus.iter().collect();
+    let units = mig::units(config, &refs)?;
+    let mut assigned = Vec::with_capacity(containers.len());
+    for ids in containers {
+        assigned.push(resolve(config, resource, &units, ids)?);
+    }
     let needs_nodes = config.uses(ListStrategy::DeviceSpecs) || config.uses(ListStrategy::CdiCri);
     let control = if needs_nodes {
         present_control_nodes()
     } else {
         Vec::new()
     };
+    // MIG devices need their capability nodes, numbered in the driver's table.
+    let table = if needs_nodes && units.iter().any(|(_, u)| u.mig.is_some()) {
+        sysfs::read_file(mig::MIG_MINORS).map_err(message)
+    } else {
+        Ok(String::new())
+    };
     // The spec must be on disk before the runtime resolves the names in the answer.
     let cdi_names = if config.uses(ListStrategy::CdiCri) {
-        cdi::write_spec(&config.cdi_kind, gpus, &control)?
+        let mut devices = Vec::new();
+        for (_, u) in &units {
+            // A MIG device without its capability minors is left out (its allocation
+            // fails below, saying why).
+            if let Ok(nodes) = mig::nodes(u, &table) {
+                devices.push((u.uuid().to_string(), nodes));
+            }
+        }
+        cdi::write_spec(&config.cdi_kind, &devices, &control)?
     } else {
         Vec::new()
     };
-    assigned
-        .iter()
-        .map(|gpus| container_allocation(config, gpus, &control, &cdi_names))
-        .collect()
+    let mut answers = Vec::with_capacity(assigned.len());
+    for units in &assigned {
+        answers.push(container_allocation(
+            config, units, &control, &cdi_names, &table,
+        )?);
+    }
+    Ok(answers)
 }
 
-/// The distinct GPUs behind a container's device IDs (replicas of one GPU count once),
-/// in request order.
+/// The distinct devices behind a container's device IDs (replicas of one GPU count
+/// once), in request order.
 pub fn resolve<'a>(
     config: &Config,
     resource: &str,
-    gpus: &'a [Gpu],
+    units: &[(String, Unit<'a>)],
     ids: &[String],
-) -> Result<Vec<&'a Gpu>, Error> {
+) -> Result<Vec<Unit<'a>>, Error> {
     let sharing = &config.sharing.time_slicing;
     if sharing.fail_requests_greater_than_one
         && ids.len() > 1
@@ -85,22 +123,23 @@ pub fn resolve<'a>(
             ids.len()
         )));
     }
-    let mut found: Vec<&Gpu> = Vec::with_capacity(ids.len());
+    let mut found: Vec<Unit> = Vec::with_capacity(ids.len());
     for id in ids {
-        let (gpu_id, _) = sharing::split_id(id);
+        let (base, _) = sharing::split_id(id);
         // A node has a handful of GPUs: a linear search is enough (and a `HashMap`
         // would make the component import a random seed).
-        let gpu = gpus
+        let unit = units
             .iter()
-            .find(|g| g.id(config.device_id_strategy) == gpu_id)
+            .find(|(r, u)| r == resource && u.id(config.device_id_strategy) == base)
+            .map(|(_, u)| *u)
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "device ID `{id}` of `{resource}` is not a GPU on this node \
-                     (it may have been removed, unbound or excluded)"
+                    "device ID `{id}` of `{resource}` is not a device on this node \
+                     (it may have been removed, unbound, excluded or repartitioned)"
                 ))
             })?;
-        if !found.iter().any(|g| g.address == gpu.address) {
-            found.push(gpu);
+        if !found.iter().any(|u| u.uuid() == unit.uuid()) {
+            found.push(unit);
         }
     }
     Ok(found)
@@ -108,21 +147,23 @@ pub fn resolve<'a>(
 
 fn container_allocation(
     config: &Config,
-    gpus: &[&Gpu],
+    units: &[Unit],
     control: &[&str],
     cdi_names: &[String],
+    table: &Result<String, String>,
 ) -> Result<ContainerAllocation, Error> {
-    // UUIDs whatever the ID strategy: the runtime reads indices as nvidia-smi/CUDA
-    // indices, which need not equal the minor numbers this guest uses as indices.
-    let uuids: Vec<&str> = gpus.iter().map(|g| g.uuid.as_str()).collect();
+    let visible: Vec<String> = units
+        .iter()
+        .map(|u| u.visible(config.device_id_strategy))
+        .collect();
     let mut answer = alloc::empty();
     let visible = if config.uses(ListStrategy::Envvar) {
-        uuids.join(",")
+        visible.join(",")
     } else if config.uses(ListStrategy::VolumeMounts) {
-        answer.mounts = uuids
+        answer.mounts = visible
             .iter()
-            .map(|uuid| Mount {
-                container_path: format!("{VOLUME_MOUNT_ROOT}/{uuid}"),
+            .map(|name| Mount {
+                container_path: format!("{VOLUME_MOUNT_ROOT}/{name}"),
                 host_path: "/dev/null".into(),
                 read_only: true,
             })
@@ -135,17 +176,28 @@ fn container_allocation(
     };
     answer.envs.push((VISIBLE_DEVICES.into(), visible));
     if config.uses(ListStrategy::DeviceSpecs) {
-        answer.devices = gpus
+        let mut paths: Vec<String> = Vec::new();
+        for unit in units {
+            for path in mig::nodes(unit, table)? {
+                // Two MIG devices of one GPU share its node.
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        answer.devices = paths
             .iter()
-            .map(|g| g.dev_path())
-            .chain(control.iter().map(ToString::to_string))
-            .map(|path| alloc::device(&path, "rw"))
+            .map(String::as_str)
+            .chain(control.iter().copied())
+            .map(|path| alloc::device(path, "rw"))
             .collect();
     }
     if config.uses(ListStrategy::CdiCri) {
-        for uuid in &uuids {
-            let name = cdi::qualified_name(&config.cdi_kind, uuid);
+        for unit in units {
+            let name = cdi::qualified_name(&config.cdi_kind, unit.uuid());
             if !cdi_names.contains(&name) {
+                // A MIG device left out of the spec: say why.
+                mig::nodes(unit, table)?;
                 return Err(Error::Other(format!(
                     "the CDI spec written for {} does not define {name}",
                     config.cdi_kind

@@ -39,6 +39,20 @@ pub enum ListStrategy {
     CdiCri,
 }
 
+/// How MIG devices are offered, with NVIDIA's names and meaning (NVML only: without it,
+/// a partitioned GPU is withheld whatever the strategy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MigStrategy {
+    /// GPUs in MIG mode are not offered; the others whole.
+    #[default]
+    None,
+    /// Every GPU in MIG mode with one profile throughout: `resourceName` is backed by the
+    /// MIG devices (as `none` while no GPU is in MIG mode).
+    Single,
+    /// Whole GPUs under `resourceName`, MIG devices under `nvidia.com/mig-<profile>`.
+    Mixed,
+}
+
 /// Order in which replicas of shared GPUs are preferred.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReplicaPolicy {
@@ -57,6 +71,7 @@ pub struct Config {
     pub device_list_strategy: Vec<ListStrategy>,
     /// CDI kind (`vendor/class`) of the spec written for `cdi-cri`.
     pub cdi_kind: String,
+    pub mig_strategy: MigStrategy,
     pub sharing: Sharing,
     pub health: HealthConfig,
     pub reset: ResetConfig,
@@ -71,6 +86,7 @@ impl Default for Config {
             // NVIDIA's plug-in writes its own specs under this vendor, so they never clash
             // with the `nvidia.com/gpu` spec that `nvidia-ctk cdi generate` writes.
             cdi_kind: "k8s.device-plugin.nvidia.com/gpu".into(),
+            mig_strategy: MigStrategy::None,
             sharing: Sharing::default(),
             health: HealthConfig::default(),
             reset: ResetConfig::default(),
@@ -107,7 +123,7 @@ pub struct SharedResource {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// Watch the kernel log for XID errors.
+    /// Watch for XID errors (kernel log; with NVML also its XID and ECC events).
     pub xids: bool,
     /// Ignored on top of [`DEFAULT_IGNORED_XIDS`].
     pub ignored_xids: Vec<u32>,
@@ -173,6 +189,7 @@ impl Config {
             "deviceIdStrategy",
             "deviceListStrategy",
             "cdiKind",
+            "migStrategy",
             "sharing",
             "health",
             "reset",
@@ -206,6 +223,17 @@ impl Config {
                     })?
                 }
                 "cdiKind" => config.cdi_kind = string(v, at)?,
+                "migStrategy" => {
+                    config.mig_strategy = choice(
+                        v,
+                        at,
+                        &[
+                            ("none", MigStrategy::None),
+                            ("single", MigStrategy::Single),
+                            ("mixed", MigStrategy::Mixed),
+                        ],
+                    )?
+                }
                 "sharing" => {
                     for (key, v) in members(v, at, &["timeSlicing"])? {
                         let at = format!("{at}.{key}");
@@ -251,6 +279,14 @@ impl Config {
                     self.cdi_kind
                 )));
             }
+        }
+        if self.mig_strategy != MigStrategy::None && !self.sharing.time_slicing.resources.is_empty()
+        {
+            return Err(invalid(
+                "migStrategy: time-slicing (sharing.timeSlicing.resources) is offered with \
+                 migStrategy \"none\" only; MIG devices are not shared. Remove one of the two"
+                    .into(),
+            ));
         }
         for (i, entry) in self.sharing.time_slicing.resources.iter().enumerate() {
             let at = format!("sharing.timeSlicing.resources[{i}]");
@@ -447,32 +483,38 @@ fn list<T>(
     at: &str,
     item: impl Fn(&Value, &str) -> Result<T, Error>,
 ) -> Result<Vec<T>, Error> {
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| item(v, &format!("{at}[{i}]")))
-            .collect(),
-        v => Err(wrong(at, "an array", v)),
+    let Value::Array(items) = v else {
+        return Err(wrong(at, "an array", v));
+    };
+    // A loop, not `collect` into a `Result`: that adapter costs kilobytes per item type.
+    let mut out = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        out.push(item(v, &format!("{at}[{i}]"))?);
     }
+    Ok(out)
 }
 
-fn choice<T: Copy>(v: &Value, at: &str, options: &[(&str, T)]) -> Result<T, Error> {
+/// One of `options` (not generic: one copy serves every enum).
+fn choice_index(v: &Value, at: &str, options: &[&str]) -> Result<usize, Error> {
     let names = || {
         options
             .iter()
-            .map(|(n, _)| format!("\"{n}\""))
+            .map(|n| format!("\"{n}\""))
             .collect::<Vec<_>>()
             .join(", ")
     };
     match v {
         Value::String(s) => options
             .iter()
-            .find(|(n, _)| n == s)
-            .map(|(_, t)| *t)
+            .position(|n| n == s)
             .ok_or_else(|| invalid(format!("{at}: {s:?} is not one of {}", names()))),
         v => Err(wrong(at, &format!("one of {}", names()), v)),
     }
+}
+
+fn choice<T: Copy>(v: &Value, at: &str, options: &[(&str, T)]) -> Result<T, Error> {
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    choice_index(v, at, &names).map(|i| options[i].1)
 }
 
 #[cfg(test)]
@@ -511,7 +553,11 @@ mod tests {
             .unwrap();
         assert_eq!(c.resource_name, "nvidia.com/h100");
         assert_eq!(c.device_id_strategy, DeviceIdStrategy::Index);
-        assert!(message(r#"{"migStrategy":"none"}"#).contains("migStrategy"));
+        assert!(message(r#"{"migStrategy":"all"}"#).contains("migStrategy"));
+        assert!(message(r#"{"passDeviceSpecs":true}"#).contains("passDeviceSpecs"));
+        let c = Config::parse(r#"{"migStrategy":"mixed"}"#).unwrap();
+        assert_eq!(c.mig_strategy, MigStrategy::Mixed);
+        assert_eq!(Config::default().mig_strategy, MigStrategy::None);
         assert!(message(r#"{"deviceIdStrategy":"serial"}"#).contains("deviceIdStrategy"));
     }
 
@@ -552,6 +598,10 @@ mod tests {
             (r#"{"reset":{"timeoutMs":60000}}"#, "reset.timeoutMs"),
             (r#"{"reset":{"enable":true}}"#, "reset"),
             (r#"{"resourceName":""}"#, "resourceName"),
+            (
+                r#"{"migStrategy":"single","sharing":{"timeSlicing":{"resources":[{"replicas":2}]}}}"#,
+                "migStrategy: time-slicing",
+            ),
         ] {
             let m = message(text);
             assert!(m.contains(field), "{text}: {m}");

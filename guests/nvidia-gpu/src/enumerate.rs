@@ -1,12 +1,14 @@
 //! Finding the node's GPUs: PCI functions filtered to NVIDIA display/3D controllers bound
-//! to the `nvidia` driver, joined with what the driver reports in procfs.
+//! to the `nvidia` driver, joined with NVML's record of the GPU when NVML answered, else
+//! with what the driver reports in procfs.
 
 use crate::config::DeviceIdStrategy;
 use wdp_guest_sdk::attr::key_values;
 use wdp_guest_sdk::error::message;
+use wdp_guest_sdk::host::nvml::{self, MigMode, System};
 use wdp_guest_sdk::host::sysfs;
 use wdp_guest_sdk::pci::Filter;
-use wdp_guest_sdk::types::Error;
+use wdp_guest_sdk::types::{Error, PciDevice};
 
 /// Full NVIDIA GPUs, whatever their driver: VGA-compatible and 3D controllers
 /// (NVSwitches, `0x0680`, fall outside). Virtual functions belong to whoever owns the
@@ -17,7 +19,7 @@ const GPUS: Filter = Filter::new()
     .physical();
 
 /// One GPU the node can offer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Gpu {
     /// PCI address, `DDDD:BB:DD.F`.
     pub address: String,
@@ -28,6 +30,12 @@ pub struct Gpu {
     pub numa_node: Option<u32>,
     /// Canonical sysfs directory; shared prefixes reveal a shared PCIe switch.
     pub sysfs_path: String,
+    /// NVML's record (index, memory, compute capability, MIG mode and devices); none on
+    /// the sysfs path.
+    pub nvml: Option<nvml::Gpu>,
+    /// NVLink peers: remote PCI address (lower case), whether it is a GPU (else an
+    /// NVSwitch), and how many links lead there.
+    pub links: Vec<(String, bool, u32)>,
 }
 
 impl Gpu {
@@ -42,6 +50,13 @@ impl Gpu {
     /// Node path of the GPU's own device node.
     pub fn dev_path(&self) -> String {
         format!("/dev/nvidia{}", self.minor)
+    }
+
+    /// Whether NVML says the GPU is in MIG mode (only NVML can tell).
+    pub fn mig_enabled(&self) -> bool {
+        self.nvml
+            .as_ref()
+            .is_some_and(|n| matches!(n.mig_mode, MigMode::Enabled))
     }
 
     /// Whether a configuration selector (UUID, minor or PCI address) names this GPU.
@@ -60,6 +75,10 @@ pub struct Scan {
     /// NVIDIA GPU functions on the bus that are not offered on purpose, with the reason
     /// (another driver or none, excluded by the driver, partitioned into MIG instances).
     pub withheld: Vec<(String, String)>,
+    /// Whether NVML's reading was used (its events are read then).
+    pub nvml: bool,
+    /// Why NVML's reading is an old one (every GPU is Unhealthy meanwhile).
+    pub nvml_problem: Option<String>,
 }
 
 /// What the driver says about one GPU in `/proc/driver/nvidia/gpus/<address>/information`.
@@ -103,8 +122,9 @@ impl Information {
     }
 }
 
-/// Looks at the node once.
-pub fn scan() -> Result<Scan, Error> {
+/// Looks at the node once. `system` is NVML's reading when there is one; `keep_mig` keeps
+/// GPUs in MIG mode (whose MIG devices a strategy offers) instead of withholding them.
+pub fn scan(system: Option<&System>, keep_mig: bool) -> Result<Scan, Error> {
     let mut scan = Scan::default();
     for dev in &GPUS.list()? {
         // Unbound or vfio-pci GPUs are meant for VMs, not for containers.
@@ -114,6 +134,23 @@ pub fn scan() -> Result<Scan, Error> {
                 dev.address.clone(),
                 format!("bound to {driver}, not nvidia"),
             ));
+            continue;
+        }
+        // NVML lists no excluded GPU; one it does not list is read from procfs below.
+        if let Some(g) = system.and_then(|s| {
+            s.gpus
+                .iter()
+                .find(|g| g.pci_address.eq_ignore_ascii_case(&dev.address))
+        }) {
+            let gpu = from_nvml(dev, g, system.map_or(&[], |s| &s.gpus));
+            if gpu.mig_enabled() && !keep_mig {
+                scan.withheld.push((
+                    dev.address.clone(),
+                    "in MIG mode, which migStrategy \"none\" does not offer".into(),
+                ));
+            } else {
+                scan.gpus.push(gpu);
+            }
             continue;
         }
         let path = format!("/proc/driver/nvidia/gpus/{}/information", dev.address);
@@ -134,7 +171,7 @@ pub fn scan() -> Result<Scan, Error> {
         if mig_partitioned(info.minor) {
             scan.withheld.push((
                 dev.address.clone(),
-                "partitioned into MIG instances, which this guest does not offer".into(),
+                "partitioned into MIG instances, which are offered only with NVML".into(),
             ));
             continue;
         }
@@ -145,10 +182,39 @@ pub fn scan() -> Result<Scan, Error> {
             model: info.model.unwrap_or_default(),
             numa_node: dev.numa_node,
             sysfs_path: dev.sysfs_path.clone(),
+            ..Gpu::default()
         });
     }
     crate::order::sort_by_key(&mut scan.gpus, |g| g.minor);
     Ok(scan)
+}
+
+/// A GPU as NVML describes it, placed by its PCI function; `all` is every GPU NVML
+/// lists, to tell NVLinks to GPUs from those to NVSwitches.
+pub fn from_nvml(dev: &PciDevice, g: &nvml::Gpu, all: &[nvml::Gpu]) -> Gpu {
+    let mut links: Vec<(String, bool, u32)> = Vec::new();
+    for l in &g.nvlinks {
+        let remote = l.remote_pci_address.to_ascii_lowercase();
+        match links.iter_mut().find(|(r, ..)| *r == remote) {
+            Some((.., n)) => *n += 1,
+            None => {
+                let to_gpu = all
+                    .iter()
+                    .any(|o| o.pci_address.eq_ignore_ascii_case(&remote));
+                links.push((remote, to_gpu, 1));
+            }
+        }
+    }
+    Gpu {
+        address: dev.address.clone(),
+        uuid: g.uuid.clone(),
+        minor: g.minor,
+        model: g.name.clone(),
+        numa_node: dev.numa_node,
+        sysfs_path: dev.sysfs_path.clone(),
+        nvml: Some(g.clone()),
+        links,
+    }
 }
 
 /// The driver lists a GPU's MIG GPU instances as `gi<N>` directories under
@@ -159,14 +225,9 @@ fn mig_partitioned(minor: u32) -> bool {
         .is_ok_and(|entries| entries.iter().any(|e| e.starts_with("gi")))
 }
 
-/// The current GPUs, for calls that need minors and paths but not health.
-pub fn gpus() -> Result<Vec<Gpu>, Error> {
-    scan().map(|s| s.gpus)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Gpu, Information};
+    use super::*;
 
     const H100: &str = "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 185\n\
         GPU UUID: \t GPU-12345678-90ab-cdef-1234-567890abcdef\nVideo BIOS: \t 96.00.99.00.01\n\
@@ -207,8 +268,7 @@ mod tests {
             uuid: "GPU-abc".into(),
             minor: 3,
             model: String::new(),
-            numa_node: None,
-            sysfs_path: String::new(),
+            ..Gpu::default()
         };
         for yes in ["GPU-abc", "gpu-ABC", "3", "0000:1B:00.0"] {
             assert!(gpu.matches(yes), "{yes}");

@@ -1,14 +1,17 @@
 //! `GetPreferredAllocation`: which of the available devices a container should get.
 //!
-//! Whole GPUs: close together by what sysfs shows — behind the same PCIe switch (a
-//! bridge shared in their device paths), then under the same host bridge, then on the
-//! same NUMA node, and only then across NUMA nodes. NVLink topology is not visible in
-//! sysfs or procfs, so it is not scored. Replicas of shared GPUs: NVIDIA's `distributed`
-//! or `packed` policy. The answer always holds every must-include ID and, where enough
-//! are available, exactly `size` IDs.
+//! Whole GPUs: first by NVLink connectivity when NVML showed it (links between two GPUs,
+//! directly or through a shared NVSwitch), then close together by what sysfs shows —
+//! behind the same PCIe switch (a bridge shared in their device paths), then under the
+//! same host bridge, then on the same NUMA node, and only then across NUMA nodes. MIG
+//! devices: by their GPUs' PCIe/NUMA closeness alone (MIG devices do not use NVLink), so
+//! devices of one GPU go together. Replicas of shared GPUs: NVIDIA's `distributed` or
+//! `packed` policy. The answer always holds every must-include ID and, where enough are
+//! available, exactly `size` IDs.
 
 use crate::config::{Config, ReplicaPolicy};
 use crate::enumerate::Gpu;
+use crate::mig;
 use crate::order::sort_by_key;
 use crate::sharing;
 
@@ -16,6 +19,8 @@ use crate::sharing;
 const SAME_SWITCH: u32 = 100;
 const SAME_HOST_BRIDGE: u32 = 40;
 const SAME_NUMA: u32 = 20;
+/// NVLink counts above any sum of PCIe/NUMA scores: a score is `links << 32 | pcie`.
+const NVLINK_SHIFT: u32 = 32;
 
 /// The preferred IDs for one container.
 pub fn preferred(
@@ -40,11 +45,20 @@ pub fn preferred(
     if chosen.len() >= size || candidates.is_empty() {
         return chosen;
     }
-    let gpu_of = |id: &str| {
+    let refs: Vec<&Gpu> = gpus.iter().collect();
+    // An inconsistent MIG layout is refused when devices are listed; here nothing is known.
+    let units = mig::units(config, &refs).unwrap_or_default();
+    let unit_of = |id: &str| {
         let base = sharing::split_id(id).0;
-        gpus.iter()
-            .find(|g| g.id(config.device_id_strategy) == base)
+        units
+            .iter()
+            .find(|(_, u)| u.id(config.device_id_strategy) == base)
+            .map(|(_, u)| u)
     };
+    let gpu_of = |id: &str| unit_of(id).map(|u| u.gpu);
+    let nvlink = !candidates
+        .iter()
+        .any(|id| unit_of(id).is_some_and(|u| u.mig.is_some()));
     let replicated = available
         .iter()
         .chain(must_include)
@@ -52,15 +66,47 @@ pub fn preferred(
     if replicated {
         replicas(config, gpus, &gpu_of, &candidates, chosen, size)
     } else {
-        topology(&gpu_of, &candidates, chosen, size)
+        topology(&gpu_of, nvlink, &candidates, chosen, size)
     }
 }
 
-/// How close two GPUs are; unknown IDs are close to nothing.
-fn affinity(a: Option<&Gpu>, b: Option<&Gpu>) -> u32 {
+/// NVLinks between two GPUs: direct ones, and through each NVSwitch both reach, the
+/// fewer of their links to it.
+pub fn nvlinks(a: &Gpu, b: &Gpu) -> u32 {
+    a.links
+        .iter()
+        .map(|(remote, to_gpu, n)| {
+            if *to_gpu {
+                if remote.eq_ignore_ascii_case(&b.address) {
+                    *n
+                } else {
+                    0
+                }
+            } else {
+                b.links
+                    .iter()
+                    .find(|(r, g, _)| !g && r == remote)
+                    .map_or(0, |(.., m)| (*n).min(*m))
+            }
+        })
+        .sum()
+}
+
+/// How close two GPUs are, NVLink first when `nvlink`; unknown IDs are close to nothing.
+fn affinity(a: Option<&Gpu>, b: Option<&Gpu>, nvlink: bool) -> u64 {
     let (Some(a), Some(b)) = (a, b) else {
         return 0;
     };
+    let links = if nvlink && a.address != b.address {
+        u64::from(nvlinks(a, b)) << NVLINK_SHIFT
+    } else {
+        0
+    };
+    links + u64::from(pcie_affinity(a, b))
+}
+
+/// PCIe and NUMA closeness from the sysfs paths.
+fn pcie_affinity(a: &Gpu, b: &Gpu) -> u32 {
     // `/sys/devices/pci0000:15/0000:15:01.0/...`: three shared components mean the
     // same host bridge; more mean a shared root port or switch below it.
     let shared = a
@@ -86,6 +132,7 @@ fn affinity(a: Option<&Gpu>, b: Option<&Gpu>) -> u32 {
 /// the set with the highest sum of pair scores; ties go to the lowest PCI addresses.
 fn topology<'g>(
     gpu_of: &dyn Fn(&str) -> Option<&'g Gpu>,
+    nvlink: bool,
     candidates: &[&String],
     chosen: Vec<String>,
     size: usize,
@@ -96,13 +143,15 @@ fn topology<'g>(
         let address = gpu_of(id).map(|g| g.address.as_str());
         (address.is_none(), address, *id)
     });
-    let score = |set: &[String], id: &str| -> u32 {
-        set.iter().map(|s| affinity(gpu_of(s), gpu_of(id))).sum()
+    let score = |set: &[String], id: &str| -> u64 {
+        set.iter()
+            .map(|s| affinity(gpu_of(s), gpu_of(id), nvlink))
+            .sum()
     };
-    let grow = |mut set: Vec<String>| -> (u32, Vec<String>) {
+    let grow = |mut set: Vec<String>| -> (u64, Vec<String>) {
         let mut total = 0;
         while set.len() < size {
-            let mut best: Option<(u32, &String)> = None;
+            let mut best: Option<(u64, &String)> = None;
             for id in order.iter().filter(|id| !set.contains(id)) {
                 let s = score(&set, id);
                 if best.is_none_or(|(b, _)| s > b) {
@@ -120,7 +169,7 @@ fn topology<'g>(
     } else {
         vec![chosen]
     };
-    let mut best: Option<(u32, Vec<String>)> = None;
+    let mut best: Option<(u64, Vec<String>)> = None;
     for seed in seeds {
         let (total, set) = grow(seed);
         if best.as_ref().is_none_or(|(b, _)| total > *b) {
@@ -136,7 +185,7 @@ fn topology<'g>(
 /// lowest replica number.
 fn replicas<'g>(
     config: &Config,
-    gpus: &'g [Gpu],
+    gpus: &[Gpu],
     gpu_of: &dyn Fn(&str) -> Option<&'g Gpu>,
     candidates: &[&String],
     mut chosen: Vec<String>,
@@ -208,6 +257,7 @@ mod tests {
             model: String::new(),
             numa_node: Some(numa),
             sysfs_path: path.into(),
+            ..Gpu::default()
         }
     }
 
@@ -284,6 +334,72 @@ mod tests {
         assert_eq!(preferred(&c, &node(), &all(), &must, 3).len(), 3);
         let unknown = ids(&["GPU-9", "GPU-1"]);
         assert_eq!(preferred(&c, &node(), &unknown, &[], 1), ["GPU-1"]);
+    }
+
+    /// The same node with NVLinks across its PCIe/NUMA grouping: GPU-0 and GPU-3 linked
+    /// directly (4 links), GPU-1 and GPU-4 through an NVSwitch (2 and 3 links to it),
+    /// GPU-2 with one link to that switch.
+    fn linked() -> Vec<Gpu> {
+        let mut gpus = node();
+        let switch = "0000:05:00.0";
+        let peer = |g: &Gpu| g.address.clone();
+        let (a0, a3) = (peer(&gpus[0]), peer(&gpus[3]));
+        gpus[0].links = vec![(a3, true, 4)];
+        gpus[3].links = vec![(a0, true, 4)];
+        gpus[1].links = vec![(switch.into(), false, 2)];
+        gpus[4].links = vec![(switch.into(), false, 3)];
+        gpus[2].links = vec![(switch.into(), false, 1)];
+        gpus
+    }
+
+    #[test]
+    fn nvlink_counts_direct_and_switched_links() {
+        let g = linked();
+        assert_eq!(nvlinks(&g[0], &g[3]), 4);
+        assert_eq!(nvlinks(&g[3], &g[0]), 4);
+        assert_eq!(nvlinks(&g[1], &g[4]), 2);
+        assert_eq!(nvlinks(&g[4], &g[1]), 2);
+        assert_eq!(nvlinks(&g[2], &g[4]), 1);
+        assert_eq!(nvlinks(&g[0], &g[1]), 0);
+    }
+
+    #[test]
+    fn nvlink_outranks_pcie_and_numa() {
+        let c = Config::default();
+        // sysfs alone: the two behind one switch.
+        assert_eq!(preferred(&c, &node(), &all(), &[], 2), ["GPU-0", "GPU-1"]);
+        assert_eq!(preferred(&c, &linked(), &all(), &[], 2), ["GPU-0", "GPU-3"]);
+        let must = ids(&["GPU-4"]);
+        assert_eq!(preferred(&c, &node(), &all(), &must, 2), ["GPU-4", "GPU-3"]);
+        assert_eq!(
+            preferred(&c, &linked(), &all(), &must, 2),
+            ["GPU-4", "GPU-1"]
+        );
+        // GPU-1 is taken: GPU-2's one switched link beats the lower address of GPU-0.
+        let available = ids(&["GPU-0", "GPU-2", "GPU-4"]);
+        assert_eq!(
+            preferred(&c, &linked(), &available, &ids(&["GPU-4"]), 2),
+            ["GPU-4", "GPU-2"]
+        );
+        assert_eq!(
+            preferred(&c, &node(), &available, &ids(&["GPU-4"]), 2),
+            ["GPU-4", "GPU-0"]
+        );
+    }
+
+    #[test]
+    fn dgx_mig_devices_of_one_gpu_go_together() {
+        let c = Config::parse(r#"{"migStrategy":"mixed"}"#).unwrap();
+        let gpus = crate::testdata::dgx(true);
+        let small: Vec<String> = (7..14).map(|gi| format!("MIG-0-{gi}")).collect();
+        assert_eq!(preferred(&c, &gpus, &small, &[], 3).len(), 3);
+        let mut both = ids(&["MIG-1-1", "MIG-1-2"]);
+        both.push("MIG-0-7".into());
+        let picked = preferred(&c, &gpus, &both, &ids(&["MIG-1-1"]), 2);
+        assert_eq!(picked, ["MIG-1-1", "MIG-1-2"]);
+        // Whole GPUs on the DGX: all pairs are equal over NVLink; PCIe/NUMA decide.
+        let whole: Vec<String> = (2..8).map(|i| format!("GPU-{i}")).collect();
+        assert_eq!(preferred(&c, &gpus, &whole, &[], 2), ["GPU-2", "GPU-3"]);
     }
 
     fn shared(policy: &str) -> Config {

@@ -3,13 +3,15 @@
 //! wedged engine. Off by default; needs `reset.enabled` in the configuration and a
 //! `write` grant for `/sys/bus/pci/devices/*/reset` in the policy.
 //!
-//! Shared GPUs (time-slicing replicas) are never reset: other containers are using them.
+//! Shared GPUs (time-slicing replicas) and the GPUs of MIG devices are never reset:
+//! other containers are using them.
 
 use std::time::{Duration, Instant};
 
 use crate::allocate;
 use crate::config::Config;
 use crate::enumerate::Gpu;
+use crate::mig;
 use crate::sharing;
 use wdp_guest_sdk::error::{context, message};
 use wdp_guest_sdk::host::{log, sysfs};
@@ -27,9 +29,17 @@ pub fn pre_start(
     gpus: &[Gpu],
     ids: &[String],
 ) -> Result<(), Error> {
-    let chosen = allocate::resolve(config, resource, gpus, ids)?;
-    for gpu in chosen {
-        if sharing::placement(config, gpu).whole() {
+    let refs: Vec<&Gpu> = gpus.iter().collect();
+    let units = mig::units(config, &refs)?;
+    for unit in allocate::resolve(config, resource, &units, ids)? {
+        let gpu = unit.gpu;
+        if unit.mig.is_some() {
+            // Resetting the GPU would end every other tenant's MIG device on it.
+            log::log(
+                LogLevel::Debug,
+                &format!("{} is a MIG device; not resetting its GPU", unit.uuid()),
+            );
+        } else if sharing::placement(config, gpu).whole() {
             reset(gpu, config.reset.timeout_ms)?;
         } else {
             log::log(

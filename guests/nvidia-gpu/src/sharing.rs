@@ -111,8 +111,7 @@ mod tests {
             uuid: format!("GPU-{minor}"),
             minor,
             model: String::new(),
-            numa_node: None,
-            sysfs_path: String::new(),
+            ..Gpu::default()
         }
     }
 
