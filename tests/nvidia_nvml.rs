@@ -393,7 +393,7 @@ async fn labels_stay_within_the_granted_prefixes_and_leave_with_the_guest() {
 }
 
 #[tokio::test]
-async fn a_hung_nvml_stalls_no_guest_and_the_guest_reports_it() {
+async fn a_hung_nvml_stalls_no_guest_and_its_gpus_return_when_it_answers() {
     let mut h = Harness::dgx().await;
     h.node.enable_nvml().expect("NVML double");
     integration_tests::add_widgets(&h.node, "widget", &integration_tests::widgets(2));
@@ -414,26 +414,33 @@ async fn a_hung_nvml_stalls_no_guest_and_the_guest_reports_it() {
     wait_until(&h, GPU, |v| v.devices.len() == 8).await;
     wait_until(&h, "example.com/widget", |v| v.devices.len() == 2).await;
 
-    h.node.set_nvml_hang(true).expect("hang");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    // Every guest still answers at once: NVML is read on its own thread.
-    let started = std::time::Instant::now();
     let gpu = uuid(&h, NUMA0[0]);
-    allocate(&h, GPU, &[&[gpu.as_str()]])
-        .await
-        .expect("GPU allocation");
+    h.node.set_nvml_hang(true).expect("hang");
+    // Once the reading is stale, the guest takes the GPUs out of service, as NVIDIA's
+    // plug-in does when NVML stops answering (a GPU that fell off the bus hangs it)...
+    let view = wait_until(&h, GPU, |v| is_unhealthy(v, &gpu)).await;
+    assert_eq!(ids(&view).len(), 8, "still listed, not gone");
+    // ...and every guest still answers at once: NVML is read on its own thread.
+    let started = std::time::Instant::now();
+    let refused = allocate(&h, GPU, &[&[gpu.as_str()]]).await;
+    assert!(
+        refused.is_err_and(|s| s.message().contains("unhealthy")),
+        "an unhealthy GPU is refused"
+    );
     allocate(&h, "example.com/widget", &[&["w0"]])
         .await
         .expect("widget allocation");
     assert!(
         started.elapsed() < Duration::from_secs(5),
-        "allocations waited on NVML: {:?}",
+        "calls waited on NVML: {:?}",
         started.elapsed()
     );
-    // The GPUs stay listed (the guest falls back to sysfs while NVML does not answer).
-    let view = wait_until(&h, GPU, |v| v.devices.len() == 8).await;
-    assert_eq!(ids(&view).len(), 8);
+    // NVML answers again: the GPUs come back.
     h.node.set_nvml_hang(false).expect("unhang");
+    wait_until(&h, GPU, |v| is_healthy(v, &gpu)).await;
+    allocate(&h, GPU, &[&[gpu.as_str()]])
+        .await
+        .expect("GPU allocation once NVML answers");
 }
 
 #[tokio::test]
