@@ -116,9 +116,11 @@ pub async fn inspect(guest: &Path, node: &NodeArgs) -> anyhow::Result<()> {
 pub async fn check(node: &NodeArgs) -> anyhow::Result<()> {
     let config = node.config(Path::new("/nonexistent"))?;
     let report = check_node(&config).await?;
+    // Only where it matters: NVML serves, or a guest is granted it.
     match &report.nvml {
         Ok(library) => println!("NVML: {library}"),
-        Err(reason) => println!("NVML: not used ({reason})"),
+        Err(reason) if report.nvml_granted => println!("NVML: not used ({reason})"),
+        Err(_) => {}
     }
     for resource in &report.resources {
         let s = &resource.spec;

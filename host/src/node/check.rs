@@ -30,6 +30,8 @@ pub struct CheckReport {
     pub skipped: Vec<Skipped>,
     /// Which NVML library serves, or why none does.
     pub nvml: Result<String, String>,
+    /// Whether a loaded guest is granted NVML (else the NVML line is noise).
+    pub nvml_granted: bool,
     /// Per guest that publishes labels: those its policy lets through, and the refusals.
     pub labels: Vec<(String, Checked)>,
 }
@@ -43,6 +45,7 @@ pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
             .nvml
             .library()
             .ok_or_else(|| runtime.nvml.unavailable_reason().unwrap_or_default()),
+        nvml_granted: false,
         resources: Vec::new(),
         skipped: Vec::new(),
         labels: Vec::new(),
@@ -68,6 +71,7 @@ pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
                 continue;
             }
         };
+        report.nvml_granted |= guest.grant().nvml;
         let accepted = accept_resources(&files, &guest, &claims, &mut report.skipped);
         for spec in accepted {
             let devices = match guest.list_devices(&spec.name).await {
@@ -83,6 +87,8 @@ pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
                 devices,
             });
         }
+        // Every guest built with the SDK's `labels` feature exports the call; only those
+        // with something to say are reported.
         if guest.publishes_labels() {
             let checked = match guest.labels().await {
                 Ok(proposed) => node_labels::check(proposed, guest.grant()),
@@ -91,7 +97,9 @@ pub async fn check(config: &HostConfig) -> Result<CheckReport, NodeError> {
                     ..Checked::default()
                 },
             };
-            report.labels.push((files.name.clone(), checked));
+            if !checked.accepted.is_empty() || !checked.refused.is_empty() {
+                report.labels.push((files.name.clone(), checked));
+            }
         }
     }
     Ok(report)
