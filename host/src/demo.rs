@@ -26,7 +26,11 @@ pub async fn run() -> anyhow::Result<()> {
     let root = tmp.path().join("node");
     let guests = tmp.path().join("guests");
     let plugins = tmp.path().join("device-plugins");
-    let node = SimNode::dgx_h100(&root).context("cannot build the simulated node")?;
+    let mut node = SimNode::dgx_h100(&root).context("cannot build the simulated node")?;
+    // NVML as the node would have it: testkit's double of libnvidia-ml.so.1 in the
+    // node's library directory, which the host finds and loads (`--nvml-library auto`).
+    node.enable_nvml()
+        .context("cannot install the NVML double in the simulated node")?;
     std::fs::create_dir_all(&guests)?;
     std::fs::write(
         guests.join("nvidia-gpu.wasm"),
@@ -43,7 +47,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     println!("wasm-device-plugin demo: the host serving a simulated DGX H100 node\n");
     println!(
-        "  node root        {}  (8 H100 SXM5, 4 NVSwitches, 8 ConnectX-7)",
+        "  node root        {}  (8 H100 SXM5, 4 NVSwitches, 8 ConnectX-7; NVML: testkit's double)",
         root.display()
     );
     println!(
@@ -120,6 +124,31 @@ pub async fn run() -> anyhow::Result<()> {
     }
     println!();
 
+    // What the guest published for Node Feature Discovery (GPU Feature Discovery's names).
+    let features = config_features_file(&root);
+    if let Ok(text) = std::fs::read_to_string(&features) {
+        let labels: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        println!(
+            "[host]    node labels for NFD ({} in {}):",
+            labels.len(),
+            features.display()
+        );
+        for label in labels.iter().filter(|l| {
+            [
+                "gpu.product",
+                "gpu.count",
+                "gpu.family",
+                "cuda.driver-version.full",
+                "mig.strategy",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+        }) {
+            println!("          {label}");
+        }
+        println!();
+    }
+
     // The kubelet asks which two of the GPUs on NUMA node 1 to take, as its topology
     // manager would, and allocates what the guest prefers (same PCIe switch first).
     let numa1: Vec<String> = view
@@ -194,4 +223,10 @@ pub async fn run() -> anyhow::Result<()> {
         after.allocatable()
     );
     Ok(())
+}
+
+/// The NVIDIA guest's feature file under the simulated node's root.
+fn config_features_file(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = wasm_device_plugin::node::config::DEFAULT_FEATURES_DIR.trim_start_matches('/');
+    root.join(dir).join("wdp-nvidia-gpu")
 }
