@@ -162,6 +162,7 @@ def main():
             p = run(cmd, check=False)
             r.check(f"{label}: check exits 0", p.returncode == 0,
                     f"exit {p.returncode}\n{p.stdout}{p.stderr}")
+            r.note(f"{label}: {nvml_line(p.stdout)}")
             ok, listed = gpu_lines(p.stdout, node.gpus)
             r.check(f"{label}: the fixture's {len(node.gpus)} GPUs listed, Healthy", ok,
                     f"{listed}\n{p.stdout}")
