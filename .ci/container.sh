@@ -4,10 +4,16 @@
 #   1. Podman, runc, musl-gcc and busybox-static from Debian (apt-get, when missing);
 #   2. the image: deploy/build-image.sh (static musl host, reference guests, FROM scratch),
 #      built twice to show the same artifacts give the same image; its layout listed;
-#   3. a workload image: Debian's static busybox, FROM scratch;
-#   4. tests/container/node_test.py: the pod generated from deploy/base/daemonset.yaml
+#   3. the nvml image variant the same way (WDP_IMAGE_VARIANT=nvml: glibc host and its C
+#      runtime, FROM scratch), which can load the node's libnvidia-ml.so.1;
+#   4. a workload image: Debian's static busybox, FROM scratch;
+#   5. tests/container/node_test.py: the pod generated from deploy/base/daemonset.yaml
 #      (or $WDP_DAEMONSET) against the simulated node with real device nodes, the grpcio
-#      kubelet stand-in of tests/interop, probes, and a workload per allocation strategy.
+#      kubelet stand-in of tests/interop, probes, and a workload per allocation strategy;
+#   6. the same with deploy/overlays/nvml/daemonset.yaml on a node with testkit's NVML
+#      double (the host must load it), and tests/container/nvml_test.py: `check` in both
+#      images through the nvml overlay's mounts (the glibc host loads the node's library
+#      from /host, the static one says it cannot; both list the GPUs).
 # Needs root for Podman and mknod (sudo when not root). Podman runs with its own storage
 # under <target>/container and its own containers.conf: runc with the cgroupfs manager
 # (crun refuses cgroup v1 hybrid hosts) and no default ulimits (raising RLIMIT_NOFILE is
@@ -74,6 +80,28 @@ $engine rm "$id" >/dev/null
 # The entrypoint as the image's user (65532): the static binary runs on an empty base.
 $engine run --rm --pull never "$image" --version
 
+step "the nvml image variant, offline (WDP_IMAGE_VARIANT=nvml deploy/build-image.sh)"
+nvml_image=wasm-device-plugin:0.1.0-nvml
+started=$SECONDS
+WDP_IMAGE_VARIANT=nvml CONTAINER_ENGINE="$engine" bash deploy/build-image.sh "$nvml_image"
+echo "nvml image built in $((SECONDS - started)) s (cargo included)"
+first=$($engine image inspect -f '{{.Id}}' "$nvml_image")
+$engine build -q --no-cache --timestamp 0 -f deploy/Containerfile -t "$nvml_image-again" \
+  "$target/image/context-nvml" >/dev/null
+second=$($engine image inspect -f '{{.Id}}' "$nvml_image-again")
+$engine rmi "$nvml_image-again" >/dev/null
+if [ "$first" != "$second" ]; then
+  echo "the same nvml artifacts gave two images: $first and $second" >&2
+  exit 1
+fi
+echo "reproducible: both builds are image $first"
+echo "nvml image size: $($engine image inspect -f '{{.Size}}' "$nvml_image") bytes"
+id=$($engine create --pull never "$nvml_image")
+$engine export "$id" | tar -tv | sort -k6
+$engine rm "$id" >/dev/null
+# The glibc binary and its loader run on an empty base, as the image's user.
+$engine run --rm --pull never "$nvml_image" --version
+
 step "a workload image: Debian's static busybox, FROM scratch"
 workload="$state/workload"
 rm -rf "$workload"
@@ -94,4 +122,14 @@ step "the DaemonSet's pod on the node, workloads from its answers"
 $root env CONTAINERS_CONF="$conf" "$target/interop-venv/bin/python" tests/container/node_test.py \
   --simnode "$target/debug/simnode" --engine "podman --root $state/storage --runroot $state/run" \
   --manifest "${WDP_DAEMONSET:-deploy/base/daemonset.yaml}" --workload-image wdp-workload:test
+
+step "the nvml overlay's pod on a node with the NVML double, workloads from its answers"
+$root env CONTAINERS_CONF="$conf" "$target/interop-venv/bin/python" tests/container/node_test.py \
+  --simnode "$target/debug/simnode" --engine "podman --root $state/storage --runroot $state/run" \
+  --manifest deploy/overlays/nvml/daemonset.yaml --workload-image wdp-workload:test --nvml
+
+step "NVML through the nvml overlay's mounts: the nvml image loads it, the static one cannot"
+$root env CONTAINERS_CONF="$conf" "$target/interop-venv/bin/python" tests/container/nvml_test.py \
+  --simnode "$target/debug/simnode" --engine "podman --root $state/storage --runroot $state/run" \
+  --manifest deploy/overlays/nvml/daemonset.yaml --static-image "$image"
 step "done"

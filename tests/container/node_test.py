@@ -26,8 +26,13 @@ and workloads run from its Allocate answers, checked from inside.
 Node paths map to <work>/node/root/<path>, except /var/run/cdi: the runtime's CDI
 directory, which the host writes through its hostPath mount and the runtime reads.
 
+With --nvml the node also has testkit's NVML double as its libnvidia-ml.so.1
+(`simnode --nvml`), and the host must log that it loaded it from under its host root:
+run so with deploy/overlays/nvml/daemonset.yaml (the image that can load it, the driver
+library directories mounted). nvml_test.py checks `check`'s view of the same.
+
 Usage (root): node_test.py --simnode target/debug/simnode [--engine 'podman ...']
-  [--manifest deploy/base/daemonset.yaml] [--workload-image IMAGE] [--keep]
+  [--manifest deploy/base/daemonset.yaml] [--workload-image IMAGE] [--nvml] [--keep]
 Prints one line per check and last `N passed, N failed`; exits 1 on any failure.
 """
 
@@ -604,6 +609,8 @@ def main():
     parser.add_argument("--engine", default=os.environ.get("CONTAINER_ENGINE", "podman"))
     parser.add_argument("--manifest", default=os.path.join(REPO, "deploy/base/daemonset.yaml"))
     parser.add_argument("--workload-image", default="wdp-workload:test")
+    parser.add_argument("--nvml", action="store_true",
+                        help="install the NVML double on the node; the host must load it")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     engine = shlex.split(args.engine)
@@ -621,7 +628,7 @@ def main():
             daemonset = next(d for d in yaml.safe_load_all(f) if d and d["kind"] == "DaemonSet")
 
         # -- the node ------------------------------------------------------------------
-        run([args.simnode, os.path.join(work, "node")])
+        run([args.simnode, os.path.join(work, "node")] + (["--nvml"] if args.nvml else []))
         with open(os.path.join(work, "node", "expected.json")) as f:
             expected = json.load(f)
         node = Node(os.path.join(work, "node", "root"), expected)
@@ -675,6 +682,18 @@ def main():
                     raise Failed("the pod does not come up")
                 if probe == "readinessProbe":
                     r.note(f"ready {time.monotonic() - started:.1f} s after `run`")
+
+        if args.nvml:
+            # The host reads NVML before it serves (start-up waits for the first reading).
+            host_root = next((a.split("=", 1)[1] for a in pod.args
+                              if a.startswith("--host-root=")), "/")
+            library = os.path.join(host_root, expected["nvml"]["library"].lstrip("/"))
+            logs = run(engine + ["logs", cid], check=False)
+            loaded = [l for l in (logs.stdout + logs.stderr).splitlines()
+                      if "NVML loaded" in l]
+            r.check(f"NVML: the host loaded the node's library, {library}",
+                    len(loaded) == 1 and library in loaded[0],
+                    loaded or (logs.stdout + logs.stderr)[-3000:])
 
         # The cache emptyDir was created open to all, as the kubelet creates one: the host
         # made it private before trusting it, and filled it.

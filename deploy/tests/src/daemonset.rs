@@ -10,10 +10,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// The container that runs the host.
 pub const CONTAINER: &str = "wasm-device-plugin";
 
-/// The flags of `wasm-device-plugin run` (host/src/main.rs: `RunArgs`, plus the global
-/// `--log-format`), and whether each takes a value. Kept by hand rather than parsed
-/// from `run --help`, which would need the binary built in this test: a flag renamed
-/// or removed there must be changed here too (and in the manifests).
+/// The flags of `wasm-device-plugin run` (host/src/args.rs: `NodeArgs` and `RunArgs`,
+/// plus the global `--log-format` and `--config` of host/src/main.rs), and whether each
+/// takes a value. Kept by hand rather than parsed from `run --help`, which would need the
+/// binary built in this test; tests/manifests.rs compares it with the fields in
+/// host/src/args.rs, so a flag added, renamed or removed there fails until it is
+/// changed here too (and in the manifests).
 pub const RUN_FLAGS: &[(&str, bool)] = &[
     ("--host-root", true),
     ("--guests-dir", true),
@@ -21,6 +23,7 @@ pub const RUN_FLAGS: &[(&str, bool)] = &[
     ("--rescan-seconds", true),
     ("--reload-seconds", true),
     ("--cache-dir", true),
+    ("--cache-max-mib", true),
     ("--compile-timeout-seconds", true),
     ("--compile-memory-mib", true),
     ("--trusted-keys", true),
@@ -31,6 +34,8 @@ pub const RUN_FLAGS: &[(&str, bool)] = &[
     ("--no-release-detection", false),
     ("--simulated-node", false),
     ("--cdi-dir", true),
+    ("--nvml-library", true),
+    ("--features-dir", true),
     ("--metrics-addr", true),
     ("--log-format", true),
     ("--config", true),
@@ -46,12 +51,19 @@ const DEFAULTS: &[(&str, &str)] = &[
         "/var/lib/kubelet/pod-resources/kubelet.sock",
     ),
     ("--cdi-dir", "/var/run/cdi"),
+    (
+        "--features-dir",
+        "/etc/kubernetes/node-feature-discovery/features.d",
+    ),
     ("--metrics-addr", "0.0.0.0:9464"),
+    ("--nvml-library", "auto"),
 ];
 
 /// The node paths a DaemonSet of the host may mount, and whether the mount may be
-/// writable: the kubelet's device-plugin directory (sockets) and the CDI directory
-/// (specs) are; `/sys` only in a variant for guests granted sysfs writes.
+/// writable: the kubelet's device-plugin directory (sockets), the CDI directory (specs)
+/// and Node Feature Discovery's features.d (node labels) are; `/sys` only in a variant
+/// for guests granted sysfs writes. The NVIDIA driver's library directories (the nvml
+/// overlay: `--nvml-library auto` finds `libnvidia-ml.so.1` there) are never writable.
 pub const HOST_PATHS: &[(&str, bool)] = &[
     ("/var/lib/kubelet/device-plugins", true),
     ("/var/lib/kubelet/pod-resources", false),
@@ -59,6 +71,25 @@ pub const HOST_PATHS: &[(&str, bool)] = &[
     ("/proc", false),
     ("/dev", false),
     ("/var/run/cdi", true),
+    ("/etc/kubernetes/node-feature-discovery/features.d", true),
+    ("/usr/lib/x86_64-linux-gnu", false),
+    ("/run/nvidia/driver", false),
+];
+
+/// Node directories the nvml overlay mounts for `--nvml-library auto`: each must be one
+/// the host searches (host/src/nvml/mod.rs, `SEARCH_DIRS`), or the mount gives nothing.
+/// `/run/nvidia/driver` is the GPU operator's driver root: the host searches its
+/// `usr/lib/x86_64-linux-gnu` and `usr/lib64`.
+pub const NVML_SEARCH_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/run/nvidia/driver/usr/lib/x86_64-linux-gnu",
+    "/run/nvidia/driver/usr/lib64",
+    "/usr/local/nvidia/lib64",
 ];
 
 /// The parsed `run` arguments: flag to value (`""` for a switch).
@@ -340,6 +371,62 @@ fn check_mounts(
                     hp.path, m.mount_path
                 ));
             }
+        }
+    }
+
+    // Node Feature Discovery's features.d, under the host root like the CDI directory:
+    // without the mount the host would write the label files into the container's
+    // (read-only) root, and NFD would never see them.
+    let features = flag(args, "--features-dir");
+    if features != "off" {
+        let at = under(&host_root, &features);
+        match mount_at(&at).and_then(|m| volume(pod, &m.name).map(|v| (m, v))) {
+            Some((m, v)) => {
+                if v.host_path.as_ref().map(|h| h.path.as_str()) != Some(features.as_str()) {
+                    err(format!(
+                        "{at} must be the node's {features} (a hostPath volume)"
+                    ));
+                }
+                let privileged = container
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.privileged)
+                    == Some(true);
+                if privileged && m.read_only == Some(true) {
+                    err(format!(
+                        "{at} is read-only: a privileged variant publishes guests' node labels there (--features-dir=off to publish none)"
+                    ));
+                }
+            }
+            None => err(format!(
+                "--features-dir={features}: nothing is mounted at {at} (the node's {features}); mount it or pass --features-dir=off"
+            )),
+        }
+    }
+    // The NVIDIA driver's library directories: only where the host looks for NVML, and
+    // only when it looks (`--nvml-library auto`, the default).
+    for m in &mounts {
+        let Some(hp) = volume(pod, &m.name).and_then(|v| v.host_path.as_ref()) else {
+            continue;
+        };
+        if hp.path != "/usr/lib/x86_64-linux-gnu" && hp.path != "/run/nvidia/driver" {
+            continue;
+        }
+        let searched = NVML_SEARCH_DIRS
+            .iter()
+            .any(|d| *d == hp.path || d.starts_with(&format!("{}/", hp.path)));
+        if !searched {
+            err(format!(
+                "{}: the host does not search it for libnvidia-ml.so.1",
+                hp.path
+            ));
+        }
+        let nvml = flag(args, "--nvml-library");
+        if nvml != "auto" {
+            err(format!(
+                "{} is mounted for NVML, but --nvml-library={nvml} does not search the node",
+                hp.path
+            ));
         }
     }
 

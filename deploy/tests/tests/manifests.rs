@@ -123,6 +123,7 @@ fn every_manifest_belongs_to_a_kustomization() {
         [
             "deploy/base",
             "deploy/overlays/least-privilege",
+            "deploy/overlays/nvml",
             "deploy/overlays/pci-reset"
         ],
         "the kustomizations (update this list, deploy/README.md and deploy/check.sh together)"
@@ -190,8 +191,11 @@ fn the_base_is_privileged_and_the_least_privilege_overlay_is_not() {
     let (_, base) = rendered_daemonset(&deploy_dir().join("base"));
     let (_, lp) = rendered_daemonset(&deploy_dir().join("overlays/least-privilege"));
     let (_, pr) = rendered_daemonset(&deploy_dir().join("overlays/pci-reset"));
+    let (_, nvml) = rendered_daemonset(&deploy_dir().join("overlays/nvml"));
     assert_eq!(privileged(&base), Some(true));
     assert_eq!(privileged(&pr), Some(true));
+    // NVML opens /dev/nvidiactl and /dev/nvidia* in the container's own /dev.
+    assert_eq!(privileged(&nvml), Some(true));
     // Not privileged, and so held to the full least-privilege set by daemonset::check.
     assert_eq!(privileged(&lp), Some(false));
     assert_none("least-privilege overlay", &daemonset::check(&lp));
@@ -206,6 +210,10 @@ fn overlays_differ_from_the_base_only_where_they_mean_to() {
     let mut found = BTreeSet::new();
     differences(&base.value, &lp.value, "", &mut found);
     let cdi = mount_index(&base.value, "/host/var/run/cdi");
+    let features = mount_index(
+        &base.value,
+        "/host/etc/kubernetes/node-feature-discovery/features.d",
+    );
     let expected: BTreeSet<String> = [
         "securityContext.privileged",
         "securityContext.allowPrivilegeEscalation",
@@ -214,7 +222,10 @@ fn overlays_differ_from_the_base_only_where_they_mean_to() {
     ]
     .iter()
     .map(|p| format!(".{container}.{p}"))
-    .chain([format!(".{container}.volumeMounts[{cdi}].readOnly")])
+    .chain([
+        format!(".{container}.volumeMounts[{cdi}].readOnly"),
+        format!(".{container}.volumeMounts[{features}].readOnly"),
+    ])
     .collect();
     assert_eq!(
         found, expected,
@@ -229,6 +240,74 @@ fn overlays_differ_from_the_base_only_where_they_mean_to() {
     assert_eq!(
         found, expected,
         "pci-reset: change the base and its overlays together"
+    );
+
+    // nvml: another image and two more read-only mounts; the base's items unchanged.
+    let (mut nvml, _) = rendered_daemonset(&deploy_dir().join("overlays/nvml"));
+    let pod = &mut nvml.value["spec"]["template"]["spec"];
+    let mut added = Vec::new();
+    for (list, key) in [("volumes", "name"), ("volumeMounts", "mountPath")] {
+        let items = if list == "volumes" {
+            &mut pod["volumes"]
+        } else {
+            &mut pod["containers"][0]["volumeMounts"]
+        };
+        items.as_array_mut().unwrap().retain(|item| {
+            let name = item["name"].as_str().unwrap_or_default();
+            let extra = name == "nvidia-libraries" || name == "nvidia-driver-root";
+            if extra {
+                added.push(format!(
+                    "{list}: {}",
+                    item[key].as_str().unwrap_or_default()
+                ));
+            }
+            !extra
+        });
+    }
+    assert_eq!(
+        added,
+        [
+            "volumes: nvidia-libraries",
+            "volumes: nvidia-driver-root",
+            "volumeMounts: /host/usr/lib/x86_64-linux-gnu",
+            "volumeMounts: /host/run/nvidia/driver",
+        ],
+        "nvml: the driver library mounts"
+    );
+    let mut found = BTreeSet::new();
+    differences(&base.value, &nvml.value, "", &mut found);
+    let expected: BTreeSet<String> = [format!(".{container}.image")].into();
+    assert_eq!(
+        found, expected,
+        "nvml: change the base and its overlays together"
+    );
+    assert_eq!(
+        nvml.value["spec"]["template"]["spec"]["containers"][0]["image"],
+        "wasm-device-plugin:0.1.0-nvml",
+        "nvml: the image deploy/build-image.sh tags with WDP_IMAGE_VARIANT=nvml"
+    );
+}
+
+/// The directories the nvml overlay mounts are ones the host searches: the list in
+/// deploy/tests is the host's own `SEARCH_DIRS`, read from its source.
+#[test]
+fn the_nvml_search_dirs_are_the_hosts() {
+    let source = deploy_tests::repo_dir().join("host/src/nvml/mod.rs");
+    let text = std::fs::read_to_string(&source).unwrap();
+    let start = text
+        .find("pub const SEARCH_DIRS: &[&str] = &[")
+        .expect("host/src/nvml/mod.rs defines SEARCH_DIRS");
+    let end = start + text[start..].find("];").unwrap();
+    let theirs: Vec<&str> = text[start..end]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().strip_prefix('"'))
+        .filter_map(|l| l.strip_suffix("\","))
+        .collect();
+    assert_eq!(
+        theirs,
+        daemonset::NVML_SEARCH_DIRS,
+        "deploy/tests/src/daemonset.rs NVML_SEARCH_DIRS must be the host's SEARCH_DIRS"
     );
 }
 
@@ -363,6 +442,67 @@ fn the_checks_catch_what_they_promise_to() {
         },
         "capabilities must drop ALL",
     );
+    broken(
+        &|v| {
+            let mounts = &mut v["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+            for m in mounts.as_array_mut().unwrap() {
+                if m["name"] == "nfd-features" {
+                    m["mountPath"] = "/etc/kubernetes/node-feature-discovery/features.d".into();
+                }
+            }
+        },
+        "nothing is mounted at /host/etc/kubernetes/node-feature-discovery/features.d",
+    );
+    broken(
+        &|v| {
+            let mounts = &mut v["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+            for m in mounts.as_array_mut().unwrap() {
+                if m["name"] == "nfd-features" {
+                    m["readOnly"] = true.into();
+                }
+            }
+        },
+        "a privileged variant publishes guests' node labels there",
+    );
+
+    // The nvml overlay's library mounts are for `--nvml-library auto` only.
+    let (nvml, _) = rendered_daemonset(&deploy_dir().join("overlays/nvml"));
+    assert_none("nvml overlay", &check_one(&nvml));
+    let mut off = nvml.clone();
+    off.value["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array_mut()
+        .unwrap()
+        .push("--nvml-library=off".into());
+    let messages = check_one(&off);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("--nvml-library=off does not search the node")),
+        "{messages:#?}"
+    );
+    let mut writable = nvml.clone();
+    for m in writable.value["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if m["name"] == "nvidia-libraries" {
+            m.as_object_mut().unwrap().remove("readOnly");
+        }
+    }
+    let messages = check_one(&writable);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("/usr/lib/x86_64-linux-gnu must be read-only")),
+        "{messages:#?}"
+    );
+}
+
+fn check_one(doc: &Document) -> Vec<String> {
+    match load::strict::<DaemonSet>(doc) {
+        Ok(ds) => daemonset::check(&ds),
+        Err(e) => vec![e],
+    }
 }
 
 #[test]
@@ -401,5 +541,50 @@ fn an_incomplete_patch_is_refused() {
     assert!(
         e.contains(".volumeMounts: missing") && e.contains("readOnlyRootFilesystem: missing"),
         "{e}"
+    );
+}
+
+/// RUN_FLAGS is what `wasm-device-plugin run` takes: the fields of `NodeArgs` and
+/// `RunArgs` in host/src/args.rs (clap's `--kebab-case` of each; a `bool` is a switch),
+/// plus the two global flags of host/src/main.rs.
+#[test]
+fn run_flags_are_the_hosts() {
+    let args = std::fs::read_to_string(deploy_tests::repo_dir().join("host/src/args.rs")).unwrap();
+    let mut theirs = BTreeSet::new();
+    for name in ["NodeArgs", "RunArgs"] {
+        let start = args
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("host/src/args.rs defines {name}"));
+        let body = &args[start..start + args[start..].find("\n}").unwrap()];
+        for line in body.lines().skip(1) {
+            let Some((field, ty)) = line
+                .trim()
+                .strip_prefix("pub ")
+                .and_then(|l| l.strip_suffix(','))
+                .and_then(|l| l.split_once(": "))
+            else {
+                continue;
+            };
+            if ty == "NodeArgs" {
+                continue; // flattened
+            }
+            theirs.insert((format!("--{}", field.replace('_', "-")), ty != "bool"));
+        }
+    }
+    let main = std::fs::read_to_string(deploy_tests::repo_dir().join("host/src/main.rs")).unwrap();
+    for (field, flag) in [("log_format:", "--log-format"), ("config:", "--config")] {
+        assert!(
+            main.contains(field),
+            "host/src/main.rs has no global {flag}"
+        );
+        theirs.insert((flag.to_owned(), true));
+    }
+    let ours: BTreeSet<(String, bool)> = daemonset::RUN_FLAGS
+        .iter()
+        .map(|(f, v)| (f.to_string(), *v))
+        .collect();
+    assert_eq!(
+        ours, theirs,
+        "deploy/tests/src/daemonset.rs RUN_FLAGS must be the flags of host/src/args.rs"
     );
 }

@@ -12,10 +12,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
 /// The profiles: kustomization directory and the name check.sh gives its renders.
-const PROFILES: [(&str, &str); 3] = [
+const PROFILES: [(&str, &str); 4] = [
     ("base", "base"),
     ("overlays/least-privilege", "least-privilege"),
     ("overlays/pci-reset", "pci-reset"),
+    ("overlays/nvml", "nvml"),
 ];
 
 fn rendered_dir(test: &str) -> Option<PathBuf> {
