@@ -347,3 +347,62 @@ async fn guest_text_reaches_the_kubelet_cleaned_and_bounded() {
     assert!(message.len() < 4 * 1024, "{} bytes", message.len());
     bystander_serves(&h).await;
 }
+
+/// A guest that proposes node labels it was not granted, in Kubernetes' namespaces, or
+/// built to inject lines into the NFD feature file: only the granted, valid label is
+/// written, and a guest granted no prefix writes nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_node_labels_never_reach_the_feature_file() {
+    let mut h = node_with_bystander().await;
+    let hostile = json!([
+        ["example.com/labels.count", "3"],
+        ["example.com/labels.product", "x\npwned=true"],
+        [
+            "example.com/labels.vendor",
+            "x\nfeature.node.kubernetes.io/pwned=true"
+        ],
+        ["example.com/labels.model\nnvidia.com/gpu.product", "A100"],
+        ["node-role.kubernetes.io/control-plane", ""],
+        ["feature.node.kubernetes.io/pwned", "true"],
+        ["other.example/labels.count", "1"],
+        ["# +expiry-time", "2000-01-01T00:00:00Z"],
+        ["example.com/labels.long", "x".repeat(64)],
+        ["example.com/labels.count", "4"],
+    ]);
+    add_attacker(&h, "labels", json!({ "labels": hostile }));
+    // The same labels from a guest whose policy grants no label prefix.
+    add_attacker(&h, "nolabels", json!({ "labels": hostile }));
+    let mut policy: serde_json::Value =
+        serde_json::from_str(&attacker_policy("labels")).expect("policy");
+    policy["labelPrefixes"] = json!(["example.com/labels."]);
+    std::fs::write(h.guests_dir.join("labels.policy.json"), policy.to_string()).unwrap();
+    h.start_host().await;
+    h.kubelet
+        .wait_for("example.com/labels", WAIT, |v| v.allocatable() == 1)
+        .await
+        .expect("attacker serves");
+    let dir = h
+        .node
+        .root()
+        .join("etc/kubernetes/node-feature-discovery/features.d");
+    let file = dir.join("wdp-labels");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !file.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no feature file");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, vec!["example.com/labels.count=3"], "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with('#')).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        !dir.join("wdp-nolabels").exists(),
+        "nothing granted, nothing written"
+    );
+    bystander_serves(&h).await;
+    h.stop_host().await;
+}

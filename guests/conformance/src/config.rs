@@ -25,6 +25,9 @@ pub struct Config {
     pub attack: Option<Attack>,
     /// A hostile CDI spec written before answering.
     pub cdi_attack: Option<CdiAttack>,
+    /// Node labels returned as they are (`[name, value]` pairs; the host must refuse
+    /// what the policy does not grant or Kubernetes does not accept).
+    pub labels: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             mark_pre_start: false,
             attack: None,
             cdi_attack: None,
+            labels: Vec::new(),
         }
     }
 }

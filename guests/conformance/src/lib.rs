@@ -12,7 +12,7 @@ mod devices;
 mod faults;
 mod prefer;
 
-wit_bindgen::generate!({ path: "../../wit", world: "device-plugin-with-release" });
+wit_bindgen::generate!({ path: "../../wit", world: "device-plugin-with-release-and-labels" });
 
 use std::cell::RefCell;
 
@@ -172,6 +172,13 @@ impl exports::wdp::device_plugin::lifecycle::Guest for Conformance {
             &format!("released {name}: {}", device_ids.join(",")),
         );
         Ok(())
+    }
+}
+
+impl exports::wdp::device_plugin::node_labels::Guest for Conformance {
+    /// The configured labels, unchecked.
+    fn labels() -> Result<Vec<(String, String)>, Error> {
+        Ok(config().labels)
     }
 }
 
