@@ -58,49 +58,39 @@ runc --version | head -1
 $engine info --format 'storage driver {{.Store.GraphDriverName}}, runtime {{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Version}}, cgroup manager {{.Host.CgroupManager}}, cgroups {{.Host.CgroupsVersion}}, network {{.Host.NetworkBackend}}' \
   | tr -s '\n' ' '; echo
 
+# Builds IMAGE from CONTEXT with deploy/build-image.sh (VARIANT as WDP_IMAGE_VARIANT),
+# builds it again from the same artifacts to show the image is reproducible, lists its
+# files and runs its entrypoint as the image's user on the empty base.
+build_image() {
+  local image=$1 context=$2 variant=$3 started=$SECONDS first second id
+  WDP_IMAGE_VARIANT="$variant" CONTAINER_ENGINE="$engine" bash deploy/build-image.sh "$image"
+  echo "$variant image built in $((SECONDS - started)) s (cargo included)"
+  first=$($engine image inspect -f '{{.Id}}' "$image")
+  $engine build -q --no-cache --timestamp 0 -f deploy/Containerfile -t "$image-again" \
+    "$context" >/dev/null
+  second=$($engine image inspect -f '{{.Id}}' "$image-again")
+  $engine rmi "$image-again" >/dev/null
+  if [ "$first" != "$second" ]; then
+    echo "the same $variant artifacts gave two images: $first and $second" >&2
+    exit 1
+  fi
+  echo "reproducible: both builds are image $first"
+  echo "$variant image size: $($engine image inspect -f '{{.Size}}' "$image") bytes"
+  id=$($engine create --pull never "$image")
+  $engine export "$id" | tar -tv | sort -k6
+  $engine rm "$id" >/dev/null
+  $engine run --rm --pull never "$image" --version
+}
+
 step "the image, offline (deploy/build-image.sh)"
 image=wasm-device-plugin:0.1.0
-started=$SECONDS
-CONTAINER_ENGINE="$engine" bash deploy/build-image.sh "$image"
-echo "image built in $((SECONDS - started)) s (cargo included)"
-first=$($engine image inspect -f '{{.Id}}' "$image")
-$engine build -q --no-cache --timestamp 0 -f deploy/Containerfile -t "$image-again" \
-  "$target/image/context" >/dev/null
-second=$($engine image inspect -f '{{.Id}}' "$image-again")
-$engine rmi "$image-again" >/dev/null
-if [ "$first" != "$second" ]; then
-  echo "the same artifacts gave two images: $first and $second" >&2
-  exit 1
-fi
-echo "reproducible: both builds are image $first"
-echo "image size: $($engine image inspect -f '{{.Size}}' "$image") bytes"
-id=$($engine create --pull never "$image")
-$engine export "$id" | tar -tv | sort -k6
-$engine rm "$id" >/dev/null
-# The entrypoint as the image's user (65532): the static binary runs on an empty base.
-$engine run --rm --pull never "$image" --version
+# The static binary runs on an empty base.
+build_image "$image" "$target/image/context" static
 
 step "the nvml image variant, offline (WDP_IMAGE_VARIANT=nvml deploy/build-image.sh)"
 nvml_image=wasm-device-plugin:0.1.0-nvml
-started=$SECONDS
-WDP_IMAGE_VARIANT=nvml CONTAINER_ENGINE="$engine" bash deploy/build-image.sh "$nvml_image"
-echo "nvml image built in $((SECONDS - started)) s (cargo included)"
-first=$($engine image inspect -f '{{.Id}}' "$nvml_image")
-$engine build -q --no-cache --timestamp 0 -f deploy/Containerfile -t "$nvml_image-again" \
-  "$target/image/context-nvml" >/dev/null
-second=$($engine image inspect -f '{{.Id}}' "$nvml_image-again")
-$engine rmi "$nvml_image-again" >/dev/null
-if [ "$first" != "$second" ]; then
-  echo "the same nvml artifacts gave two images: $first and $second" >&2
-  exit 1
-fi
-echo "reproducible: both builds are image $first"
-echo "nvml image size: $($engine image inspect -f '{{.Size}}' "$nvml_image") bytes"
-id=$($engine create --pull never "$nvml_image")
-$engine export "$id" | tar -tv | sort -k6
-$engine rm "$id" >/dev/null
-# The glibc binary and its loader run on an empty base, as the image's user.
-$engine run --rm --pull never "$nvml_image" --version
+# The glibc binary, its loader and the libraries NVML needs, on an empty base.
+build_image "$nvml_image" "$target/image/context-nvml" nvml
 
 step "a workload image: Debian's static busybox, FROM scratch"
 workload="$state/workload"

@@ -54,6 +54,30 @@ fn uuids(h: &Harness, addresses: &[&str]) -> BTreeSet<String> {
     addresses.iter().map(|a| uuid(h, a)).collect()
 }
 
+/// The DGX with NVML and NVLink bridges pairing each GPU of NUMA node 0 with one of NUMA
+/// node 1 (4 links each): what sysfs alone would prefer (two GPUs of one NUMA node) is the
+/// wrong answer there. Returns the pairs.
+async fn nvlink_across_numa() -> (Harness, Vec<(&'static str, &'static str, u32)>) {
+    let mut h = Harness::dgx().await;
+    h.node.enable_nvml().expect("NVML double");
+    let pairs: Vec<(&str, &str, u32)> = NUMA0
+        .iter()
+        .zip(NUMA1.iter())
+        .map(|(a, b)| (*a, *b, 4))
+        .collect();
+    h.node.set_nvlink_pairs(&pairs).expect("NVLink pairs");
+    (h, pairs)
+}
+
+/// Every GPU's UUID, NUMA node 0 first.
+fn all_uuids(h: &Harness) -> Vec<String> {
+    NUMA0
+        .iter()
+        .chain(NUMA1.iter())
+        .map(|a| uuid(h, a))
+        .collect()
+}
+
 /// `/dev/nvidia-caps/nvidia-cap<N>` of a MIG device's GPU and compute instance, by the
 /// driver's numbering (what `/proc/driver/nvidia-caps/mig-minors` lists).
 fn cap_nodes(minor: u32, gi: u32, ci: u32) -> [String; 2] {
@@ -210,23 +234,10 @@ async fn mig_index_ids_are_gpu_and_mig_indexes_as_nvidia_names_them() {
 
 #[tokio::test]
 async fn preferred_allocation_follows_nvlink_across_numa_nodes() {
-    let mut h = Harness::dgx().await;
-    h.node.enable_nvml().expect("NVML double");
-    // NVLink bridges pair each GPU of NUMA node 0 with one of NUMA node 1: what sysfs
-    // alone would prefer (two GPUs of one NUMA node) is the wrong answer here.
-    let pairs: Vec<(&str, &str, u32)> = NUMA0
-        .iter()
-        .zip(NUMA1.iter())
-        .map(|(a, b)| (*a, *b, 4))
-        .collect();
-    h.node.set_nvlink_pairs(&pairs).expect("NVLink pairs");
+    let (h, pairs) = nvlink_across_numa().await;
     let h = serve_shipped(h, "{}").await;
     wait_until(&h, GPU, |v| v.devices.len() == 8).await;
-    let all: Vec<String> = NUMA0
-        .iter()
-        .chain(NUMA1.iter())
-        .map(|a| uuid(&h, a))
-        .collect();
+    let all = all_uuids(&h);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let pair_of = |a: &str| -> BTreeSet<String> {
         let (x, y, _) = pairs
@@ -251,14 +262,7 @@ async fn preferred_allocation_follows_nvlink_across_numa_nodes() {
 #[tokio::test]
 async fn preferred_allocation_without_nvml_keeps_the_sysfs_order() {
     // The same node and request without the NVML grant: NUMA decides, as before.
-    let mut h = Harness::dgx().await;
-    h.node.enable_nvml().expect("NVML double");
-    let pairs: Vec<(&str, &str, u32)> = NUMA0
-        .iter()
-        .zip(NUMA1.iter())
-        .map(|(a, b)| (*a, *b, 4))
-        .collect();
-    h.node.set_nvlink_pairs(&pairs).expect("NVLink pairs");
+    let (h, _pairs) = nvlink_across_numa().await;
     let h = serve(
         h,
         Some("{}"),
@@ -266,11 +270,7 @@ async fn preferred_allocation_without_nvml_keeps_the_sysfs_order() {
     )
     .await;
     wait_until(&h, GPU, |v| v.devices.len() == 8).await;
-    let all: Vec<String> = NUMA0
-        .iter()
-        .chain(NUMA1.iter())
-        .map(|a| uuid(&h, a))
-        .collect();
+    let all = all_uuids(&h);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let got: BTreeSet<String> = preferred(&h, GPU, &all, &[], 2).await.into_iter().collect();
     assert!(
