@@ -10,8 +10,8 @@ use std::sync::Arc;
 use wasm_device_plugin::grant::Grant;
 use wasm_device_plugin::hostfns::NodeAccess;
 use wasm_device_plugin::policy::GuestLimits;
-use wasm_device_plugin::wit::latest::{self, DevicePlugin, DevicePluginPre};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasm_device_plugin::wit::latest::{DevicePlugin, DevicePluginPre};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -49,12 +49,7 @@ impl Raw {
         let engine = Engine::new(&config)?;
         let mut linker: Linker<RawState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        latest::sysfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::pci::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::devfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::log::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::cdi::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::kmsg::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        wasm_device_plugin::runtime::link_host_functions(&mut linker, node_access)?;
         Ok(Self {
             engine,
             linker,

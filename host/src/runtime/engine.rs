@@ -80,13 +80,7 @@ impl Runtime {
         // Rust's wasm32-wasip2 std imports WASI even when a guest never uses it; the
         // context behind it grants nothing (see `GuestState::new`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        latest::sysfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::pci::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::devfs::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::log::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::cdi::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::kmsg::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
-        latest::nvml::add_to_linker::<_, HasSelf<NodeAccess>>(&mut linker, node_access)?;
+        link_host_functions(&mut linker, node_access)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -180,6 +174,23 @@ pub(crate) fn engine_config() -> Config {
 
 fn node_access(state: &mut GuestState) -> &mut NodeAccess {
     &mut state.node
+}
+
+/// Links every host function of the contract (`hostfns`) for a store whose data holds a
+/// [`NodeAccess`] where `get` finds it. One list for the host and anything that builds
+/// its own linker (the benchmarks), so that no import is forgotten in one of them.
+pub fn link_host_functions<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut NodeAccess,
+) -> wasmtime::Result<()> {
+    latest::sysfs::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    latest::pci::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    latest::devfs::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    latest::log::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    latest::cdi::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    latest::kmsg::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    latest::nvml::add_to_linker::<_, HasSelf<NodeAccess>>(linker, get)?;
+    Ok(())
 }
 
 /// Epoch ticks for a wall-clock budget, rounded up, at least one.

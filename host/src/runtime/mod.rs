@@ -22,7 +22,7 @@ mod state;
 pub mod worker;
 
 pub use compiler::{CompileBudget, Compiler};
-pub use engine::Runtime;
+pub use engine::{Runtime, link_host_functions};
 pub use error::GuestError;
 pub use guest::Guest;
 pub use loader::LoadError;
