@@ -230,9 +230,9 @@ impl Resolver {
         self.open_nofollow(path).map(|file| file.resolved())
     }
 
-    /// Creates the directory `path` and any missing parents, each inside its parent as
-    /// the kernel resolved it (so a `/var/run -> /run` link is followed, and no link
-    /// leads a `mkdir` out of the host root), then opens it within the grant.
+    /// Opens the directory `path`, first creating it and any missing parents, each inside
+    /// its parent as the kernel resolved it (so a `/var/run -> /run` link is followed, and
+    /// no link leads a `mkdir` out of the host root); then opens it within the grant.
     pub fn create_dir_all(&self, path: &str) -> Result<NodeFile, ResolveError> {
         check_syntax(path)?;
         let names: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -245,6 +245,11 @@ impl Resolver {
         // Nothing is created for a path that names a place outside the grant.
         if !self.under_grant(Path::new(path)) {
             return Err(self.denied(path, Path::new(path)));
+        }
+        // Usually it is there already: one open, no walk.
+        match self.open(path) {
+            Err(ResolveError::NotFound { .. }) => {}
+            opened => return opened,
         }
         let anywhere = self.with_grant(vec![PathBuf::from("/")]);
         let mut parent = anywhere.open("/")?;

@@ -24,7 +24,6 @@ use super::NodeAccess;
 use crate::guest_text;
 use crate::handout::{Refused, cdi_spec};
 use crate::host_root::node_file::{NodeFile, write_atomically};
-use crate::host_root::resolver::ResolveError;
 use crate::wit::latest::cdi::Host;
 use crate::wit::latest::types::Error as WitError;
 
@@ -118,14 +117,10 @@ impl NodeAccess {
     /// may lie anywhere under the host root.
     fn cdi_directory(&self) -> Result<NodeFile, WitError> {
         let dir = self.cdi_dir.display().to_string();
-        let resolver = self.resolver().with_grant(vec![PathBuf::from("/")]);
-        match resolver.open(&dir) {
-            Ok(opened) => Ok(opened),
-            Err(ResolveError::NotFound { .. }) => {
-                resolver.create_dir_all(&dir).map_err(WitError::from)
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.resolver()
+            .with_grant(vec![PathBuf::from("/")])
+            .create_dir_all(&dir)
+            .map_err(WitError::from)
     }
 }
 

@@ -73,11 +73,7 @@ impl FeatureFile {
     /// The directory, opened under the host root like every node path (so a link in it
     /// stays under the root) and created when missing.
     fn directory(&self) -> Result<NodeFile, ResolveError> {
-        let resolver = self.resolver();
-        match resolver.open(&self.dir_text()) {
-            Err(ResolveError::NotFound { .. }) => resolver.create_dir_all(&self.dir_text()),
-            opened => opened,
-        }
+        self.resolver().create_dir_all(&self.dir_text())
     }
 
     fn resolver(&self) -> Resolver {

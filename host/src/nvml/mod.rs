@@ -168,17 +168,16 @@ impl Nvml {
     pub fn current(&self) -> Answer {
         match &*self.shared.lock() {
             State::Unavailable(_) => Answer::Unavailable,
-            State::Serving { latest, at, .. } => {
-                let age = at.elapsed();
-                match latest {
-                    Ok(_) | Err(_) if age > self.shared.stale_after => Answer::Failed(format!(
-                        "NVML has not answered for {}s; check the driver on the node (`nvidia-smi`)",
-                        age.as_secs()
-                    )),
-                    Ok(reading) => Answer::Current(reading.clone()),
-                    Err(e) => Answer::Failed(e.clone()),
-                }
+            State::Serving { at, .. } if at.elapsed() > self.shared.stale_after => {
+                Answer::Failed(format!(
+                    "NVML has not answered for {}s; check the driver on the node (`nvidia-smi`)",
+                    at.elapsed().as_secs()
+                ))
             }
+            State::Serving { latest, .. } => match latest {
+                Ok(reading) => Answer::Current(reading.clone()),
+                Err(e) => Answer::Failed(e.clone()),
+            },
         }
     }
 
